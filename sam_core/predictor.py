@@ -1,0 +1,248 @@
+"""Batched prediction: encode several images in one encoder call, then decode any
+number of prompts per image in batches."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .preprocess import (
+    boxes_to_input_frame,
+    coords_to_input_frame,
+    normalize_and_pad,
+    resize_longest_side,
+    upscale_masks,
+)
+from .sam import Sam
+from .transformer import ImageCache
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclasses.dataclass
+class ImageEmbedding:
+    """One encoded image.
+
+    features: (C, h, w) float32 image embedding.
+    original_size: (H, W) of the image given to `encode`.
+    input_size: (h, w) of the resized image inside the padded encoder input.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    # Prompt-independent decoder tensors, per precision, filled on first use.
+    decoder_caches: dict[str, ImageCache] = dataclasses.field(default_factory=dict, repr=False)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Decoder output for B prompts with M masks each.
+
+    masks: (B, M, H, W) bool, or float32 logits if return_logits.
+    iou_predictions: (B, M) float32.
+    low_res_logits: (B, M, s, s) float32 (s = 256 for the official models).
+    """
+
+    masks: torch.Tensor
+    iou_predictions: torch.Tensor
+    low_res_logits: torch.Tensor
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor | None, dtype: torch.dtype, device: torch.device):
+    if x is None:
+        return None
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(
+        device=device, dtype=dtype
+    )
+
+
+class SamPredictor:
+    """Runs a `Sam` model on images and prompts.
+
+    precision: "fp32" computes exactly what the original model computes; "bf16"
+    runs under bfloat16 autocast (AMX on recent CPUs, tensor cores on CUDA) and
+    returns float32 outputs.
+    """
+
+    def __init__(self, model: Sam, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.model = model
+        self.precision = precision
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """(H, W, 3) uint8 RGB images -> (B, 3, S, S) encoder input and resized sizes."""
+        size = self.model.image_size
+        resized = [resize_longest_side(np.ascontiguousarray(im), size) for im in images]
+        tensors = [torch.from_numpy(r).to(self.device).permute(2, 0, 1) for r in resized]
+        return normalize_and_pad(tensors, size), [r.shape[:2] for r in resized]
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+        """Encode (H, W, 3) uint8 RGB images of any sizes in one encoder call."""
+        if len(images) == 0:
+            return []
+        batch, input_sizes = self.prepare(images)
+        with self.autocast():
+            features = self.model.image_encoder(batch)
+        features = features.float()
+        return [
+            ImageEmbedding(features[i], tuple(im.shape[:2]), tuple(input_sizes[i]))
+            for i, im in enumerate(images)
+        ]
+
+    def decoder_cache(self, embedding: ImageEmbedding) -> ImageCache:
+        """Prompt-independent decoder tensors of an image (no mask prompt), cached."""
+        cache = embedding.decoder_caches.get(self.precision)
+        if cache is None:
+            pe = self.model.prompt_encoder
+            with self.autocast():
+                src = embedding.features.unsqueeze(0) + pe.no_mask_dense()
+                cache = self.model.mask_decoder.image_cache(src, pe.dense_pe())
+            embedding.decoder_caches[self.precision] = cache
+        return cache
+
+    def _decode_batch(
+        self,
+        embedding: ImageEmbedding,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_inputs: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        points = (coords, labels) if coords is not None else None
+        sparse, dense = model.prompt_encoder(points, boxes, mask_inputs)
+        if mask_inputs is None:
+            cache = self.decoder_cache(embedding)
+            with self.autocast():
+                low_res, iou = model.mask_decoder(None, None, sparse, None, multimask_output, cache)
+        else:
+            with self.autocast():
+                low_res, iou = model.mask_decoder(
+                    embedding.features.unsqueeze(0),
+                    model.prompt_encoder.dense_pe(),
+                    sparse,
+                    dense,
+                    multimask_output,
+                )
+        return low_res.float(), iou.float()
+
+    def iter_decode(
+        self,
+        embedding: ImageEmbedding,
+        point_coords: np.ndarray | torch.Tensor | None = None,
+        point_labels: np.ndarray | torch.Tensor | None = None,
+        boxes: np.ndarray | torch.Tensor | None = None,
+        mask_inputs: np.ndarray | torch.Tensor | None = None,
+        multimask_output: bool = True,
+        batch_size: int = 64,
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """Decode prompts in batches; yields (prompt slice, low-res logits, IoU).
+
+        Arguments as in `predict`. Low-res logits are (b, M, s, s) float32.
+        """
+        device = self.device
+        coords = _as_tensor(point_coords, torch.float32, device)
+        labels = _as_tensor(point_labels, torch.int64, device)
+        box_t = _as_tensor(boxes, torch.float32, device)
+        masks_t = _as_tensor(mask_inputs, torch.float32, device)
+        count = self._check_prompts(coords, labels, box_t, masks_t)
+        size = self.model.image_size
+        if coords is not None:
+            coords = coords_to_input_frame(coords, embedding.original_size, size)
+        if box_t is not None:
+            box_t = boxes_to_input_frame(box_t, embedding.original_size, size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        with torch.inference_mode():
+            for start in range(0, count, batch_size):
+                part = slice(start, min(start + batch_size, count))
+                low_res, iou = self._decode_batch(
+                    embedding,
+                    None if coords is None else coords[part],
+                    None if labels is None else labels[part],
+                    None if box_t is None else box_t[part],
+                    None if masks_t is None else masks_t[part],
+                    multimask_output,
+                )
+                yield part, low_res, iou
+
+    def predict(
+        self,
+        embedding: ImageEmbedding,
+        point_coords: np.ndarray | torch.Tensor | None = None,
+        point_labels: np.ndarray | torch.Tensor | None = None,
+        boxes: np.ndarray | torch.Tensor | None = None,
+        mask_inputs: np.ndarray | torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        batch_size: int = 64,
+    ) -> Prediction:
+        """Masks for B prompts on one encoded image.
+
+        point_coords: (B, N, 2) xy in original-image pixels; point_labels: (B, N)
+            1 foreground, 0 background, -1 ignored.
+        boxes: (B, 4) XYXY in original-image pixels.
+        mask_inputs: (B, 1, s, s) low-res logits, e.g. a previous low_res_logits.
+        At least one of the three; all given must agree on B.
+        """
+        low_res_parts, iou_parts, mask_parts = [], [], []
+        for _, low_res, iou in self.iter_decode(
+            embedding, point_coords, point_labels, boxes, mask_inputs, multimask_output, batch_size
+        ):
+            with torch.inference_mode():
+                masks = upscale_masks(
+                    low_res, embedding.input_size, embedding.original_size, self.model.image_size
+                )
+            mask_parts.append(masks if return_logits else masks > 0.0)
+            low_res_parts.append(low_res)
+            iou_parts.append(iou)
+        return Prediction(
+            torch.cat(mask_parts), torch.cat(iou_parts), torch.cat(low_res_parts)
+        )
+
+    def _check_prompts(self, coords, labels, boxes, masks) -> int:
+        counts = []
+        if (coords is None) != (labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if coords is not None:
+            if coords.ndim != 3 or coords.shape[-1] != 2:
+                raise ValueError(f"point_coords must be (B, N, 2), got {tuple(coords.shape)}")
+            if labels.shape != coords.shape[:2]:
+                raise ValueError(
+                    f"point_labels must be (B, N) = {tuple(coords.shape[:2])}, "
+                    f"got {tuple(labels.shape)}"
+                )
+            if not bool(((labels >= -1) & (labels <= 1)).all()):
+                raise ValueError("point_labels must be 1 (foreground), 0 (background) or -1")
+            counts.append(coords.shape[0])
+        if boxes is not None:
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"boxes must be (B, 4) XYXY, got {tuple(boxes.shape)}")
+            counts.append(boxes.shape[0])
+        if masks is not None:
+            s = self.model.config.low_res_mask_size
+            if masks.ndim != 4 or tuple(masks.shape[1:]) != (1, s, s):
+                raise ValueError(f"mask_inputs must be (B, 1, {s}, {s}), got {tuple(masks.shape)}")
+            counts.append(masks.shape[0])
+        if not counts:
+            raise ValueError("give at least one prompt: points, boxes or mask_inputs")
+        if len(set(counts)) > 1:
+            raise ValueError(f"prompt batch sizes differ: {counts}")
+        return counts[0]

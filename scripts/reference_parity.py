@@ -1,0 +1,296 @@
+"""Compare sam_core with the reference `segment-anything` 1.0 package.
+
+Runs only where the reference is installed (see README, "Parity with the reference"):
+
+  python scripts/reference_parity.py fixtures   # writes tests/fixtures/ (tiny config)
+  python scripts/reference_parity.py keys       # writes tests/fixtures/official_keys.json
+  python scripts/reference_parity.py compare --model vit_b   # live check, prints max errors
+
+Both models get the same seeded random state dict in the official format; pos_embed
+and the relative position tables (zeros at init) get random values so those paths
+are exercised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sam_core import CONFIGS, SamConfig, SamPredictor, build_sam
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+
+# The tiny config of the committed fixtures: windowed blocks whose window (6) does
+# not divide the grid (16), so the padding path runs; a narrow decoder.
+TINY = SamConfig(
+    image_size=256,
+    encoder_embed_dim=64,
+    encoder_depth=3,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(1,),
+    window_size=6,
+    prompt_embed_dim=64,
+    mask_in_chans=8,
+    decoder_num_heads=8,
+    decoder_mlp_dim=128,
+    iou_head_hidden_dim=64,
+)
+
+
+def build_reference(config: SamConfig):
+    """The reference model with the dimensions of `config` (random init)."""
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    grid = config.embedding_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.encoder_embed_dim,
+            depth=config.encoder_depth,
+            num_heads=config.encoder_num_heads,
+            mlp_ratio=config.encoder_mlp_ratio,
+            out_chans=config.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_abs_pos=True,
+            use_rel_pos=True,
+            window_size=config.window_size,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=config.prompt_embed_dim,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                num_heads=config.decoder_num_heads,
+                mlp_dim=config.decoder_mlp_dim,
+                attention_downsample_rate=config.decoder_attention_downsample_rate,
+            ),
+            num_multimask_outputs=config.num_multimask_outputs,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+    ).eval()
+
+
+def seeded_state_dict(config: SamConfig, seed: int) -> dict[str, torch.Tensor]:
+    """A reproducible random state dict in the official format."""
+    torch.manual_seed(seed)
+    state = build_reference(config).state_dict()
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name, tensor in state.items():
+        if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")):
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.2)
+        # Default init gives mask logits of ~0.03 and near-constant IoU, against
+        # which an absolute tolerance of 1e-4 would prove little: scale the last
+        # layers so logits and IoU spread over several units.
+        elif "output_hypernetworks_mlps" in name and name.endswith("layers.2.weight"):
+            tensor.mul_(50.0)
+        elif name == "mask_decoder.iou_prediction_head.layers.2.weight":
+            tensor.mul_(20.0)
+    return state
+
+
+def test_images(sizes: list[tuple[int, int]], seed: int) -> list[np.ndarray]:
+    """Smooth gradients with a few discs: structure that survives resizing."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for h, w in sizes:
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], -1)
+        for _ in range(4):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.1, 0.4) * min(h, w)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.uniform(0, 255, 3)
+        img += rng.normal(0, 8, img.shape)
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+    return images
+
+
+def prompt_cases(h: int, w: int, seed: int) -> list[dict]:
+    """Prompt batches covering points, padding labels, boxes, box+point, masks."""
+    rng = np.random.default_rng(seed)
+
+    def pts(b, n):
+        return np.stack([rng.uniform(0, w, (b, n)), rng.uniform(0, h, (b, n))], -1)
+
+    def boxes(b):
+        x0, y0 = rng.uniform(0, w / 2, b), rng.uniform(0, h / 2, b)
+        return np.stack([x0, y0, x0 + rng.uniform(4, w / 2, b), y0 + rng.uniform(4, h / 2, b)], -1)
+
+    return [
+        dict(name="points_multimask", point_coords=pts(4, 2),
+             point_labels=np.array([[1, 0], [1, 1], [0, 1], [1, -1]]), multimask=True),
+        dict(name="points_single", point_coords=pts(3, 1),
+             point_labels=np.array([[1], [1], [0]]), multimask=False),
+        dict(name="boxes", boxes=boxes(3), multimask=False),
+        dict(name="box_and_point", point_coords=pts(2, 1), point_labels=np.array([[1], [0]]),
+             boxes=boxes(2), multimask=True),
+        dict(name="mask_input", point_coords=pts(2, 1), point_labels=np.array([[1], [1]]),
+             mask_inputs="from:points_single", multimask=False),
+    ]
+
+
+def run_reference(model, image: np.ndarray, cases: list[dict]) -> tuple[torch.Tensor, list[dict]]:
+    from segment_anything import SamPredictor as RefPredictor
+
+    predictor = RefPredictor(model)
+    predictor.set_image(image)
+    results, by_name = [], {}
+    for case in cases:
+        def tensor(x):
+            return None if x is None else torch.as_tensor(x, dtype=torch.float)
+
+        coords = labels = boxes = masks = None
+        if "point_coords" in case:
+            coords = tensor(predictor.transform.apply_coords(case["point_coords"], image.shape[:2]))
+            labels = torch.as_tensor(case["point_labels"], dtype=torch.int)
+        if "boxes" in case:
+            boxes = tensor(predictor.transform.apply_boxes(case["boxes"], image.shape[:2]))
+        if "mask_inputs" in case:
+            masks = by_name[case["mask_inputs"].split(":")[1]]["low_res"][:2, :1]
+        with torch.no_grad():
+            out, iou, low = predictor.predict_torch(
+                coords, labels, boxes, masks, case["multimask"], return_logits=True
+            )
+        result = dict(case, masks=out, iou=iou, low_res=low)
+        if masks is not None:
+            result["mask_inputs"] = masks
+        results.append(result)
+        by_name[case["name"]] = result
+    return predictor.features[0].clone(), results
+
+
+def run_ours(predictor: SamPredictor, images: list[np.ndarray], cases_per_image: list[list[dict]]):
+    embeddings = predictor.encode(images)
+    outputs = []
+    for emb, cases in zip(embeddings, cases_per_image):
+        per_image = []
+        for case in cases:
+            pred = predictor.predict(
+                emb,
+                case.get("point_coords"),
+                case.get("point_labels"),
+                case.get("boxes"),
+                case.get("mask_inputs"),
+                case["multimask"],
+                return_logits=True,
+            )
+            per_image.append(pred)
+        outputs.append(per_image)
+    return embeddings, outputs
+
+
+def max_errors(ref_features, ref_results, emb, preds) -> dict[str, float]:
+    err = {"features": (emb.features - ref_features).abs().max().item()}
+    for key, attr in (("low_res", "low_res_logits"), ("masks", "masks"), ("iou", "iou_predictions")):
+        err[key] = max((getattr(p, attr) - r[key]).abs().max().item() for p, r in zip(preds, ref_results))
+    return err
+
+
+def cmd_fixtures(args) -> None:
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    state = seeded_state_dict(TINY, seed=0)
+    ckpt = FIXTURES / "sam_tiny.pth"
+    torch.save(state, ckpt)
+    model = build_reference(TINY)
+    model.load_state_dict(state)
+    images = test_images([(60, 45), (40, 100)], seed=1)
+    golden = {"config": dataclasses.asdict(TINY), "images": [], "features": [], "cases": []}
+    for i, image in enumerate(images):
+        features, results = run_reference(model, image, prompt_cases(*image.shape[:2], seed=10 + i))
+        golden["images"].append(torch.from_numpy(image))
+        golden["features"].append(features)
+        for r in results:
+            entry = {"image": i, "name": r["name"], "multimask": r["multimask"]}
+            for key in ("point_coords", "point_labels", "boxes", "mask_inputs"):
+                if key in r:
+                    entry[key] = torch.as_tensor(r[key])
+            for key in ("masks", "iou", "low_res"):
+                entry[key] = r[key].clone()
+            golden["cases"].append(entry)
+    torch.save(golden, FIXTURES / "sam_tiny_golden.pt")
+    print(f"wrote {ckpt} and {FIXTURES / 'sam_tiny_golden.pt'}")
+
+
+def cmd_keys(args) -> None:
+    keys = {}
+    for name, config in CONFIGS.items():
+        with torch.device("meta"):
+            model = build_reference(config)
+        keys[name] = {k: list(v.shape) for k, v in model.state_dict().items()}
+        print(name, len(keys[name]), "tensors")
+    (FIXTURES / "official_keys.json").write_text(json.dumps(keys, indent=0, sort_keys=True))
+
+
+def cmd_compare(args) -> None:
+    config = TINY if args.model == "tiny" else CONFIGS[args.model]
+    torch.set_num_threads(args.threads)
+    state = seeded_state_dict(config, seed=0)
+    reference = build_reference(config)
+    reference.load_state_dict(state)
+    with tempfile.NamedTemporaryFile(suffix=".pth") as f:
+        torch.save(state, f.name)
+        ours = build_sam(checkpoint=f.name)
+    print(f"model {args.model}: inferred config is {ours.model_type}")
+    sizes = [(480, 640), (512, 300)]
+    images = test_images(sizes, seed=3)
+    cases = [prompt_cases(h, w, seed=20 + i) for i, (h, w) in enumerate(sizes)]
+    t0 = time.perf_counter()
+    ref = [run_reference(reference, im, c) for im, c in zip(images, cases)]
+    t1 = time.perf_counter()
+    # Feed ours the exact mask inputs the reference derived.
+    for (_, results), c in zip(ref, cases):
+        for r, case in zip(results, c):
+            if "mask_inputs" in r:
+                case["mask_inputs"] = r["mask_inputs"]
+    embs, preds = run_ours(SamPredictor(ours), images, cases)
+    t2 = time.perf_counter()
+    worst = {}
+    for (features, results), emb, pred in zip(ref, embs, preds):
+        for k, v in max_errors(features, results, emb, pred).items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    print(f"reference {t1 - t0:.1f} s, ours {t2 - t1:.1f} s (2 images, all prompt cases)")
+    for k, v in worst.items():
+        print(f"max |ours - reference| {k:9s} {v:.2e}")
+    ok = all(v <= 1e-4 for v in worst.values())
+    print("PASS (all within 1e-4)" if ok else "FAIL (tolerance 1e-4)")
+    sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fixtures").set_defaults(fn=cmd_fixtures)
+    sub.add_parser("keys").set_defaults(fn=cmd_keys)
+    compare = sub.add_parser("compare")
+    compare.add_argument("--model", default="vit_b", choices=["tiny", *CONFIGS])
+    compare.add_argument("--threads", type=int, default=2)
+    compare.set_defaults(fn=cmd_compare)
+    args = parser.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
