@@ -58,8 +58,7 @@ def _torch_load(path: str, name: str) -> object:
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(
-            f"{name}: not a readable PyTorch checkpoint (damaged archive): "
-            f"{str(e).splitlines()[0]}"
+            f"{name}: not a readable PyTorch checkpoint (damaged archive): {str(e).splitlines()[0]}"
         ) from e
 
 

@@ -17,6 +17,9 @@ def _relative_index(size: int, device: torch.device) -> torch.Tensor:
     return coords[:, None] - coords[None, :] + (size - 1)
 
 
+_BIAS_BUDGET_BYTES = 1 << 30
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over a (B, H, W, C) token grid with decomposed
     relative position bias (separate tables for the row and column offsets)."""
@@ -33,20 +36,32 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
-        n = h * w
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        # The bias is (heads, N, N) per item: 805 MB for a vit_b global block. Items
+        # go through in chunks so a large image batch does not hold all at once.
+        per_item = self.num_heads * (h * w) ** 2 * q.element_size()
+        step = max(1, _BIAS_BUDGET_BYTES // per_item)
+        out = torch.cat(
+            [
+                self._attend(q[i : i + step], k[i : i + step], v[i : i + step], h, w)
+                for i in range(0, b, step)
+            ]
+        )
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
+
+    def _attend(self, q, k, v, h: int, w: int) -> torch.Tensor:
+        """(b, heads, N, d) -> (b, heads, N, d) with the relative position bias."""
+        b, n = q.shape[0], h * w
         # Bias[q, k] = <q, R_h[qh - kh]> + <q, R_w[qw - kw]>, computed on the unscaled
         # query as in the original model, then passed as an additive attention mask.
-        r_h = self.rel_pos_h[_relative_index(h, x.device)].to(q.dtype)  # (H, H, head_dim)
-        r_w = self.rel_pos_w[_relative_index(w, x.device)].to(q.dtype)
+        r_h = self.rel_pos_h[_relative_index(h, q.device)].to(q.dtype)  # (H, H, head_dim)
+        r_w = self.rel_pos_w[_relative_index(w, q.device)].to(q.dtype)
         q_grid = q.reshape(b, self.num_heads, h, w, -1)
         bias_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
         bias_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
         bias = (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, self.num_heads, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(b, h, w, c)
-        return self.proj(out)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 def _window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -73,7 +75,7 @@ class MaskDecoder(nn.Module):
             hs, keys = self.transformer(src, image_pe, tokens)
         else:
             hs, keys = self.transformer(None, None, tokens, cache)
-        h = w = int(round(keys.shape[1] ** 0.5))
+        h = w = math.isqrt(keys.shape[1])
         keys = keys.expand(batch, -1, -1)
         upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(batch, -1, h, w))
 

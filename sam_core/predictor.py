@@ -213,9 +213,7 @@ class SamPredictor:
             mask_parts.append(masks if return_logits else masks > 0.0)
             low_res_parts.append(low_res)
             iou_parts.append(iou)
-        return Prediction(
-            torch.cat(mask_parts), torch.cat(iou_parts), torch.cat(low_res_parts)
-        )
+        return Prediction(torch.cat(mask_parts), torch.cat(iou_parts), torch.cat(low_res_parts))
 
     def _check_prompts(self, coords, labels, boxes, masks) -> int:
         counts = []

@@ -26,9 +26,7 @@ def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (h, w, 3) uint8 with max(h, w) == long_side."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}"
-        )
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     h, w = resized_shape(image.shape[0], image.shape[1], long_side)
     return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
@@ -48,7 +46,9 @@ def boxes_to_input_frame(
     boxes: torch.Tensor, original_size: tuple[int, int], long_side: int
 ) -> torch.Tensor:
     """(..., 4) XYXY in original pixels -> XYXY in the resized frame."""
-    corners = coords_to_input_frame(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side)
+    corners = coords_to_input_frame(
+        boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side
+    )
     return corners.reshape(boxes.shape)
 
 
@@ -75,8 +75,6 @@ def upscale_masks(
     Bilinear to the padded input square, crop away the padding, bilinear to the
     original image size (align_corners=False both times).
     """
-    masks = F.interpolate(
-        low_res, (image_size, image_size), mode="bilinear", align_corners=False
-    )
+    masks = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
     masks = masks[..., : input_size[0], : input_size[1]]
     return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)

@@ -183,9 +183,7 @@ class TwoWayTransformer(nn.Module):
             key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
         for i, layer in enumerate(self.layers):
-            queries, keys = layer(
-                queries, keys, point_embedding, key_pe, cache if i == 0 else None
-            )
+            queries, keys = layer(queries, keys, point_embedding, key_pe, cache if i == 0 else None)
         q = queries + point_embedding
         k = keys + key_pe
         queries = queries + self.final_attn_token_to_image(q, k, keys)

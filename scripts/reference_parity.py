@@ -140,15 +140,33 @@ def prompt_cases(h: int, w: int, seed: int) -> list[dict]:
         return np.stack([x0, y0, x0 + rng.uniform(4, w / 2, b), y0 + rng.uniform(4, h / 2, b)], -1)
 
     return [
-        dict(name="points_multimask", point_coords=pts(4, 2),
-             point_labels=np.array([[1, 0], [1, 1], [0, 1], [1, -1]]), multimask=True),
-        dict(name="points_single", point_coords=pts(3, 1),
-             point_labels=np.array([[1], [1], [0]]), multimask=False),
+        dict(
+            name="points_multimask",
+            point_coords=pts(4, 2),
+            point_labels=np.array([[1, 0], [1, 1], [0, 1], [1, -1]]),
+            multimask=True,
+        ),
+        dict(
+            name="points_single",
+            point_coords=pts(3, 1),
+            point_labels=np.array([[1], [1], [0]]),
+            multimask=False,
+        ),
         dict(name="boxes", boxes=boxes(3), multimask=False),
-        dict(name="box_and_point", point_coords=pts(2, 1), point_labels=np.array([[1], [0]]),
-             boxes=boxes(2), multimask=True),
-        dict(name="mask_input", point_coords=pts(2, 1), point_labels=np.array([[1], [1]]),
-             mask_inputs="from:points_single", multimask=False),
+        dict(
+            name="box_and_point",
+            point_coords=pts(2, 1),
+            point_labels=np.array([[1], [0]]),
+            boxes=boxes(2),
+            multimask=True,
+        ),
+        dict(
+            name="mask_input",
+            point_coords=pts(2, 1),
+            point_labels=np.array([[1], [1]]),
+            mask_inputs="from:points_single",
+            multimask=False,
+        ),
     ]
 
 
@@ -159,6 +177,7 @@ def run_reference(model, image: np.ndarray, cases: list[dict]) -> tuple[torch.Te
     predictor.set_image(image)
     results, by_name = [], {}
     for case in cases:
+
         def tensor(x):
             return None if x is None else torch.as_tensor(x, dtype=torch.float)
 
@@ -204,8 +223,14 @@ def run_ours(predictor: SamPredictor, images: list[np.ndarray], cases_per_image:
 
 def max_errors(ref_features, ref_results, emb, preds) -> dict[str, float]:
     err = {"features": (emb.features - ref_features).abs().max().item()}
-    for key, attr in (("low_res", "low_res_logits"), ("masks", "masks"), ("iou", "iou_predictions")):
-        err[key] = max((getattr(p, attr) - r[key]).abs().max().item() for p, r in zip(preds, ref_results))
+    for key, attr in (
+        ("low_res", "low_res_logits"),
+        ("masks", "masks"),
+        ("iou", "iou_predictions"),
+    ):
+        err[key] = max(
+            (getattr(p, attr) - r[key]).abs().max().item() for p, r in zip(preds, ref_results)
+        )
     return err
 
 

@@ -12,7 +12,7 @@ from sam_core import CheckpointError, build_sam, load_state_dict
 
 
 def sha256(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_loads_with_config_inferred_and_sha256_exposed(tiny_checkpoint):
@@ -38,7 +38,7 @@ def test_build_without_checkpoint_has_no_sha():
 
 
 def test_remote_uri_goes_through_the_opener(tiny_checkpoint):
-    data = open(tiny_checkpoint, "rb").read()
+    data = tiny_checkpoint.read_bytes()
     opened = []
 
     def opener(uri):
@@ -61,7 +61,7 @@ def test_missing_file(tmp_path):
 
 
 def test_truncated_file(tiny_checkpoint, tmp_path):
-    data = open(tiny_checkpoint, "rb").read()
+    data = tiny_checkpoint.read_bytes()
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or another format"):
@@ -121,7 +121,10 @@ def test_model_type_that_does_not_match_the_shapes(tiny_checkpoint):
         build_sam("vit_b", tiny_checkpoint)
     message = str(info.value)
     assert "does not match model_type 'vit_b'" in message
-    assert "image_encoder.patch_embed.proj.weight: file (64, 3, 16, 16), model (768, 3, 16, 16)" in message
+    assert (
+        "image_encoder.patch_embed.proj.weight: file (64, 3, 16, 16), model (768, 3, 16, 16)"
+        in message
+    )
     assert "look like 'custom'" in message
 
 

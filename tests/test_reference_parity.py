@@ -16,8 +16,12 @@ def predictor(tiny_checkpoint):
 
 def test_fixture_config_is_inferred_from_shapes(tiny_checkpoint, golden):
     model = build_sam(checkpoint=tiny_checkpoint)
-    expected = SamConfig(**{**golden["config"], "encoder_global_attn_indexes": tuple(
-        golden["config"]["encoder_global_attn_indexes"])})
+    expected = SamConfig(
+        **{
+            **golden["config"],
+            "encoder_global_attn_indexes": tuple(golden["config"]["encoder_global_attn_indexes"]),
+        }
+    )
     assert model.config == expected
     assert model.model_type == "custom"
 

@@ -1,0 +1,34 @@
+# One entry point for people and CI. `make test` sets up .venv and runs lint + tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup lint test bench demo clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: it is the CPU build; an unpinned torch resolved through the
+# other dependencies would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/encoder_decoder.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The main job: mine the bundled sample images into out/.
+demo: setup
+	@echo "maskmine: the mining pipeline is not implemented yet (see the open issues)." >&2
+	@exit 1

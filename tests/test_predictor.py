@@ -1,0 +1,157 @@
+"""Predictor behaviour beyond reference parity: batching, caching, validation."""
+
+import numpy as np
+import pytest
+import torch
+
+from sam_core import SamPredictor, build_sam
+from sam_core.preprocess import (
+    boxes_to_input_frame,
+    coords_to_input_frame,
+    resize_longest_side,
+    resized_shape,
+)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return build_sam(checkpoint=tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size, dtype=np.uint8) for size in [(70, 50, 3), (33, 90, 3)]]
+
+
+@pytest.mark.parametrize(
+    "h, w, expected",
+    [
+        (480, 640, (768, 1024)),
+        (1500, 2000, (768, 1024)),
+        (333, 1000, (341, 1024)),
+        (1, 3, (341, 1024)),
+        (1024, 1024, (1024, 1024)),
+    ],
+)
+def test_resized_shape_rounds_half_up(h, w, expected):
+    assert resized_shape(h, w, 1024) == expected
+
+
+def test_resize_rejects_non_rgb_uint8():
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        resize_longest_side(np.zeros((4, 4), np.uint8), 16)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        resize_longest_side(np.zeros((4, 4, 3), np.float32), 16)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        resize_longest_side(np.zeros((4, 4, 4), np.uint8), 16)
+
+
+def test_coordinates_scale_by_the_resize_per_axis():
+    coords = torch.tensor([[[10.0, 20.0], [640.0, 480.0]]])
+    out = coords_to_input_frame(coords, (480, 640), 1024)
+    torch.testing.assert_close(out, torch.tensor([[[16.0, 32.0], [1024.0, 768.0]]]))
+    boxes = boxes_to_input_frame(torch.tensor([[10.0, 20.0, 640.0, 480.0]]), (480, 640), 1024)
+    torch.testing.assert_close(boxes, torch.tensor([[16.0, 32.0, 1024.0, 768.0]]))
+
+
+def test_batched_encode_equals_one_image_at_a_time(model, images):
+    predictor = SamPredictor(model)
+    batched = predictor.encode(images)
+    for image, emb in zip(images, batched):
+        single = predictor.encode([image])[0]
+        torch.testing.assert_close(emb.features, single.features, atol=1e-5, rtol=0)
+        assert emb.original_size == image.shape[:2]
+    assert batched[0].input_size == (256, 183)
+    assert batched[1].input_size == (94, 256)
+
+
+def test_cached_decoder_equals_uncached_decoder(model, images):
+    predictor = SamPredictor(model)
+    emb = predictor.encode(images[:1])[0]
+    rng = np.random.default_rng(1)
+    coords = torch.as_tensor(rng.uniform(0, 50, (5, 2, 2)), dtype=torch.float32)
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, -1], [1, 1]])
+    with torch.inference_mode():
+        pe = model.prompt_encoder
+        sparse, dense = pe(
+            (coords_to_input_frame(coords, emb.original_size, 256), labels), None, None
+        )
+        plain = model.mask_decoder(emb.features[None], pe.dense_pe(), sparse, dense, True)
+        cached = model.mask_decoder(None, None, sparse, None, True, predictor.decoder_cache(emb))
+    for a, b in zip(plain, cached):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert set(emb.decoder_caches) == {"fp32"}
+
+
+def test_prompt_batch_size_does_not_change_results(model, images):
+    predictor = SamPredictor(model)
+    emb = predictor.encode(images[:1])[0]
+    coords = np.random.default_rng(2).uniform(0, 50, (7, 1, 2))
+    labels = np.ones((7, 1))
+    one = predictor.predict(emb, coords, labels, batch_size=1, return_logits=True)
+    many = predictor.predict(emb, coords, labels, batch_size=64, return_logits=True)
+    torch.testing.assert_close(one.masks, many.masks, atol=1e-5, rtol=0)
+    assert one.masks.shape == (7, 3, 70, 50)
+    assert one.low_res_logits.shape == (7, 3, 64, 64)
+
+
+def test_single_mask_output(model, images):
+    predictor = SamPredictor(model)
+    emb = predictor.encode(images[:1])[0]
+    pred = predictor.predict(
+        emb, boxes=np.array([[1, 2, 30, 40], [0, 0, 49, 69]]), multimask_output=False
+    )
+    assert pred.masks.shape == (2, 1, 70, 50) and pred.masks.dtype == torch.bool
+    assert pred.iou_predictions.shape == (2, 1)
+
+
+def test_bf16_is_close_to_fp32(model, images):
+    fp32, bf16 = SamPredictor(model), SamPredictor(model, precision="bf16")
+    e32, e16 = fp32.encode(images[:1])[0], bf16.encode(images[:1])[0]
+    assert e16.features.dtype == torch.float32
+    rel = (e16.features - e32.features).norm() / e32.features.norm()
+    assert 0 < rel < 0.05  # bf16 really ran, and stayed close
+    coords, labels = np.array([[[20.0, 30.0]]]), np.array([[1]])
+    p32 = fp32.predict(e32, coords, labels, return_logits=True)
+    p16 = bf16.predict(e16, coords, labels, return_logits=True)
+    assert p16.masks.dtype == torch.float32
+    agree = ((p16.masks > 0) == (p32.masks > 0)).float().mean()
+    assert agree > 0.95
+
+
+def test_unknown_precision(model):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SamPredictor(model, precision="fp8")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "at least one prompt"),
+        ({"point_coords": np.zeros((2, 1, 2))}, "given together"),
+        ({"point_coords": np.zeros((2, 2)), "point_labels": np.ones((2, 1))}, r"\(B, N, 2\)"),
+        ({"point_coords": np.zeros((2, 1, 2)), "point_labels": np.ones((3, 1))}, r"\(B, N\)"),
+        ({"point_coords": np.zeros((1, 1, 2)), "point_labels": np.array([[2]])}, "point_labels"),
+        ({"boxes": np.zeros((2, 2))}, r"\(B, 4\)"),
+        ({"mask_inputs": np.zeros((1, 1, 8, 8))}, r"\(B, 1, 64, 64\)"),
+        (
+            {
+                "boxes": np.zeros((2, 4)),
+                "point_coords": np.zeros((3, 1, 2)),
+                "point_labels": np.ones((3, 1)),
+            },
+            "batch sizes differ",
+        ),
+        ({"boxes": np.zeros((2, 4)), "batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_prompts_are_rejected(model, images, kwargs, message):
+    predictor = SamPredictor(model)
+    emb = predictor.encode(images[:1])[0]
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(emb, **kwargs)
+
+
+def test_encode_of_nothing_is_empty(model):
+    assert SamPredictor(model).encode([]) == []
