@@ -152,8 +152,10 @@ def main() -> None:
                 rows.append((precision, impl.name, enc, dec * 1024 / args.prompts))
 
     print()
-    print(f"{'precision':9s} {'impl':9s} {'encoder s/img':>13s} {'decoder s/1024':>14s} "
-          f"{'enc GFLOP/s':>11s} {'%peak':>6s} {'dec GFLOP/s':>11s}")
+    print(
+        f"{'precision':9s} {'impl':9s} {'encoder s/img':>13s} {'decoder s/1024':>14s} "
+        f"{'enc GFLOP/s':>11s} {'%peak':>6s} {'dec GFLOP/s':>11s}"
+    )
     for precision, name, enc, dec in rows:
         enc_rate = enc_flops / enc / 1e9
         dec_rate = dec_flops * 1024 / dec / 1e9
@@ -167,7 +169,8 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             (oe, od), (re_, rd) = by[(precision, "ours")], by[(precision, "reference")]
             print(
-                f"{precision}: encoder {re_ / oe:.2f}x, decoder {rd / od:.2f}x faster than reference"
+                f"{precision}: encoder {re_ / oe:.2f}x, decoder {rd / od:.2f}x"
+                " faster than reference"
             )
         print("(decoder GFLOP/s counts the FLOPs ours executes; the reference does more)")
 

@@ -56,9 +56,7 @@ def build_all_layer_point_grids(
     Layer i has int(n_per_side / scale_per_layer**i) points per side, since its crops are
     smaller and need fewer prompts to cover the same detail.
     """
-    return [
-        build_point_grid(int(n_per_side / scale_per_layer**i)) for i in range(n_layers + 1)
-    ]
+    return [build_point_grid(int(n_per_side / scale_per_layer**i)) for i in range(n_layers + 1)]
 
 
 def generate_crop_boxes(
@@ -141,7 +139,7 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     masks is (..., H, W) bool; returns (..., 4) int64 [x0, y0, x1, y1] where x1/y1 are the
     last set column/row. Empty masks give [0, 0, 0, 0].
     """
-    *lead, h, w = masks.shape
+    lead = masks.shape[:-2]
     if masks.numel() == 0:
         return torch.zeros((*lead, 4), dtype=torch.long, device=masks.device)
     masks = masks.bool()
@@ -375,7 +373,10 @@ def remove_small_regions(
     - "islands": every small foreground component is removed, except that if all of them
       are small the largest is kept (ties: the lowest scipy label, i.e. the component
       reached first in a row-major scan).
-    Returns (new (H, W) bool mask, changed). When nothing changes the input is returned.
+    Returns (new (H, W) bool mask, touched): touched is True whenever a small region
+    was found, even if the result equals the input (a lone small island is kept). The
+    generator scores touched masks lower in its final NMS; the original SAM does the
+    same, so this keeps its choice of masks.
     """
     if mode not in ("holes", "islands"):
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
@@ -392,6 +393,4 @@ def remove_small_regions(
     keep = np.flatnonzero(sizes >= area_thresh) + 1
     if keep.size == 0:
         keep = np.array([np.argmax(sizes) + 1])  # argmax picks the lowest label on ties
-    if keep.size == sizes.size:
-        return mask, False  # a lone small island was kept: nothing removed
     return np.isin(labels, keep), True
