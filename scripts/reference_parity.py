@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -259,6 +260,49 @@ def cmd_fixtures(args) -> None:
     print(f"wrote {ckpt} and {FIXTURES / 'sam_tiny_golden.pt'}")
 
 
+# Generator parameter sets of the committed AMG fixtures: no NMS (every mask of the
+# grid is compared), default NMS, crops, and small-region cleanup.
+AMG_CASES = {
+    "grid_no_nms": dict(
+        points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    ),
+    "filters_and_nms": dict(
+        points_per_side=12, pred_iou_thresh=0.5, stability_score_thresh=0.05, box_nms_thresh=0.7
+    ),
+    "crops": dict(
+        points_per_side=8,
+        pred_iou_thresh=0.5,
+        stability_score_thresh=0.05,
+        box_nms_thresh=1.0,
+        crop_n_layers=1,
+        crop_nms_thresh=1.0,
+    ),
+    "crops_small_regions": dict(
+        points_per_side=8,
+        pred_iou_thresh=0.5,
+        stability_score_thresh=0.05,
+        box_nms_thresh=0.95,
+        crop_n_layers=1,
+        min_mask_region_area=40,
+    ),
+}
+
+
+def cmd_amg_fixtures(args) -> None:
+    from scripts.amg_parity import reference_records
+
+    checkpoint = str(args.checkpoint)
+    images = test_images([(120, 160), (90, 70)], seed=5)
+    golden = {"checkpoint": os.path.relpath(checkpoint, FIXTURES.parent.parent), "cases": []}
+    for name, params in AMG_CASES.items():
+        for i, image in enumerate(images):
+            records = reference_records(checkpoint, image, **params)
+            golden["cases"].append({"name": name, "image": i, "params": params, "records": records})
+            print(f"{name} image {i}: {len(records)} masks")
+    np.savez_compressed(FIXTURES / "amg_images.npz", *images)
+    (FIXTURES / "amg_golden.json").write_text(json.dumps(golden))
+
+
 def cmd_keys(args) -> None:
     keys = {}
     for name, config in CONFIGS.items():
@@ -309,6 +353,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fixtures").set_defaults(fn=cmd_fixtures)
     sub.add_parser("keys").set_defaults(fn=cmd_keys)
+    amg = sub.add_parser("amg-fixtures")
+    amg.add_argument("--checkpoint", default=str(FIXTURES / "sam_tiny.pth"))
+    amg.set_defaults(fn=cmd_amg_fixtures)
     compare = sub.add_parser("compare")
     compare.add_argument("--model", default="vit_b", choices=["tiny", *CONFIGS])
     compare.add_argument("--threads", type=int, default=2)

@@ -1,0 +1,166 @@
+"""Automatic mask generator: ours vs the reference, time, peak memory and parity.
+
+Every case runs in its own child process (so peak RSS is that case's alone), one
+after the other in one invocation, on the same seeded vit_b checkpoint and images.
+The reference runs when `segment-anything` is importable (see README).
+
+  python benchmarks/amg_vs_reference.py                  # speed (512x512) + memory (1500x2000)
+  python benchmarks/amg_vs_reference.py --cases speed --no-reference
+  python benchmarks/amg_vs_reference.py --checkpoint my.pth --image photo.jpg
+
+Speed: 32x32 grid, default parameters and permissive ones (thresholds 0), ours
+fp32 and bf16 against the reference fp32. Memory: permissive parameters on a
+1500x2000 image, ours fp32 (the reference too with --reference-memory: ~9 GB, ~9 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PERMISSIVE = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
+def make_image(height: int, width: int, path: str | None) -> np.ndarray:
+    if path:
+        from PIL import Image
+
+        return np.asarray(Image.open(path).convert("RGB"))
+    sys.path.insert(0, str(ROOT))
+    from scripts.reference_parity import test_images
+
+    return test_images([(height, width)], seed=7)[0]
+
+
+def worker(spec: dict) -> None:
+    """Child process: run one generator on one image, write records + figures."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    image = make_image(*spec["size"], spec["image"])
+    t0 = time.perf_counter()
+    if spec["impl"] == "reference":
+        sys.path.insert(0, str(ROOT))
+        from scripts.amg_parity import reference_records
+
+        records = reference_records(spec["checkpoint"], image, **spec["params"])
+    else:
+        from sam_core import build_sam
+        from sam_core.generator import AutomaticMaskGenerator
+
+        model = build_sam(checkpoint=spec["checkpoint"])
+        generator = AutomaticMaskGenerator(
+            model, output_mode="coco_rle", precision=spec["precision"], **spec["params"]
+        )
+        generator.generate(image[:64, :64])  # warm-up: first-call allocations, not per image
+        t0 = time.perf_counter()
+        records = generator.generate(image)
+    seconds = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open(spec["out"], "wb") as f:
+        pickle.dump({"records": records, "seconds": seconds, "peak_gb": peak_kb / 2**20}, f)
+
+
+def run_case(spec: dict) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+        spec = dict(spec, out=f.name)
+    subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], check=True, cwd=str(ROOT)
+    )
+    with open(spec["out"], "rb") as f:
+        result = pickle.load(f)
+    os.unlink(spec["out"])
+    return result
+
+
+def seeded_checkpoint(path: str) -> str:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from sam_core import VIT_B
+    from scripts.reference_parity import seeded_state_dict
+
+    if not os.path.exists(path):
+        torch.save(seeded_state_dict(VIT_B, seed=0), path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--cases", default="speed,memory")
+    parser.add_argument("--checkpoint", help="default: seeded random vit_b (cached in /tmp)")
+    parser.add_argument("--image", help="an image file instead of the synthetic one")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--reference-memory", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from scripts.amg_parity import match_records
+
+    try:
+        import segment_anything  # noqa: F401
+
+        have_reference = not args.no_reference
+    except ImportError:
+        have_reference = False
+        print("segment-anything not installed: reference runs skipped")
+    checkpoint = args.checkpoint or seeded_checkpoint("/tmp/maskmine_vit_b_seed0.pth")
+    base = {"checkpoint": checkpoint, "threads": args.threads, "image": args.image}
+    cases = args.cases.split(",")
+
+    if "speed" in cases:
+        print(f"== speed: 512x512, 32x32 grid, {args.threads} threads ==")
+        for label, params in (("default", {}), ("permissive", PERMISSIVE)):
+            spec = dict(base, size=(512, 512), params=params)
+            fp32 = run_case(dict(spec, impl="ours", precision="fp32"))
+            bf16 = run_case(dict(spec, impl="ours", precision="bf16"))
+            line = (
+                f"{label:10s} ours fp32 {fp32['seconds']:7.1f} s ({len(fp32['records'])} masks)"
+                f" | ours bf16 {bf16['seconds']:6.1f} s ({len(bf16['records'])} masks)"
+            )
+            if have_reference:
+                ref = run_case(dict(spec, impl="reference", precision="fp32"))
+                line += (
+                    f" | reference {ref['seconds']:6.1f} s ({len(ref['records'])} masks)"
+                    f" | fp32 {ref['seconds'] / fp32['seconds']:.1f}x,"
+                    f" bf16 {ref['seconds'] / bf16['seconds']:.1f}x faster"
+                )
+            print(line)
+            if have_reference:
+                print(f"  fp32 vs reference: {match_records(fp32['records'], ref['records'])}")
+            agree = match_records(bf16["records"], fp32["records"], min_iou=0.95, score_tol=1.0)
+            share = agree.n_matched / max(1, agree.n_reference)
+            print(f"  bf16 vs fp32: {share:.0%} of fp32 masks at mask IoU >= 0.95 ({agree})")
+
+    if "memory" in cases:
+        print(f"== memory: 1500x2000, permissive, 32x32 grid, {args.threads} threads ==")
+        spec = dict(base, size=(1500, 2000), params=PERMISSIVE)
+        ours = run_case(dict(spec, impl="ours", precision="fp32"))
+        print(
+            f"ours fp32: peak RSS {ours['peak_gb']:.2f} GB, {ours['seconds']:.1f} s, "
+            f"{len(ours['records'])} masks"
+        )
+        if have_reference and args.reference_memory:
+            ref = run_case(dict(spec, impl="reference", precision="fp32"))
+            print(f"reference: peak RSS {ref['peak_gb']:.2f} GB, {ref['seconds']:.1f} s")
+            print(f"  fp32 vs reference: {match_records(ours['records'], ref['records'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""Automatic mask generation: prompt SAM with a grid of points over the image and
+over zoomed crops, keep confident and stable masks, and remove duplicates.
+
+Same parameters, defaults, order of operations and records as the reference
+`SamAutomaticMaskGenerator`, computed with less waste:
+- masks are filtered by predicted IoU on the decoder's low-resolution output,
+  before anything is upsampled;
+- full-resolution logits exist only for a bounded chunk of masks at a time, just
+  long enough for the stability score, binarisation, box and RLE;
+- the decoder's prompt-independent work is done once per crop (SamPredictor);
+- results are gathered in lists and concatenated once per crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from . import mask_ops
+from .predictor import ImageEmbedding, SamPredictor
+from .preprocess import upscale_masks
+from .sam import Sam
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+_EDGE_TOLERANCE_PX = 20.0
+# Full-resolution float32 logits held at once while scoring masks (bytes).
+_LOGIT_BUDGET_BYTES = 256 << 20
+
+
+@dataclasses.dataclass
+class _Masks:
+    """Candidate masks (K of them) in image coordinates, RLE-encoded.
+
+    rles: uncompressed column-major RLE dicts; boxes: (K, 4) int64 XYXY, inclusive
+    max; predicted_iou, stability_score: (K,) float32; points: (K, 2) float64 xy;
+    crop_boxes: (K, 4) int64 XYXY.
+    """
+
+    rles: list[dict]
+    boxes: torch.Tensor
+    predicted_iou: torch.Tensor
+    stability_score: torch.Tensor
+    points: torch.Tensor
+    crop_boxes: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> _Masks:
+        idx = keep.cpu().tolist()
+        return _Masks(
+            [self.rles[i] for i in idx],
+            self.boxes[keep],
+            self.predicted_iou[keep],
+            self.stability_score[keep],
+            self.points[keep],
+            self.crop_boxes[keep],
+        )
+
+    @staticmethod
+    def cat(parts: Sequence[_Masks]) -> _Masks:
+        return _Masks(
+            [r for p in parts for r in p.rles],
+            torch.cat([p.boxes for p in parts]),
+            torch.cat([p.predicted_iou for p in parts]),
+            torch.cat([p.stability_score for p in parts]),
+            torch.cat([p.points for p in parts]),
+            torch.cat([p.crop_boxes for p in parts]),
+        )
+
+
+class AutomaticMaskGenerator:
+    """SAM's automatic mask generator (parameters as in the reference).
+
+    points_per_side: grid points per side of each crop (layer i uses
+        points_per_side / crop_n_points_downscale_factor**i); or point_grids,
+        explicit (n, 2) grids in [0, 1] per crop layer.
+    points_per_batch: prompts per decoder call (memory/speed only).
+    pred_iou_thresh: keep masks whose predicted IoU is > this.
+    stability_score_thresh: keep masks whose stability score is >= this, the
+        score being computed with thresholds 0 +- stability_score_offset.
+    box_nms_thresh: box IoU above which the lower-IoU mask of a crop is dropped.
+    crop_n_layers, crop_nms_thresh, crop_overlap_ratio: zoomed crops; across crops
+        the mask from the smaller crop wins.
+    min_mask_region_area: if > 0, fill holes and drop islands smaller than this
+        (pixels), then NMS again preferring unchanged masks.
+    output_mode: "binary_mask" ((H, W) bool ndarray), "uncompressed_rle" or
+        "coco_rle" (pycocotools dict with str counts).
+    precision: "fp32" (exact) or "bf16".
+    encoder_batch_size: crops encoded per encoder call in generate_batch.
+    """
+
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        precision: str = "fp32",
+        encoder_batch_size: int = 4,
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if crop_n_layers < 0:
+            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+        if points_per_batch < 1 or encoder_batch_size < 1:
+            raise ValueError("points_per_batch and encoder_batch_size must be >= 1")
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+            point_grids = mask_ops.build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+        elif len(point_grids) != crop_n_layers + 1:
+            raise ValueError(
+                f"point_grids has {len(point_grids)} grids; crop_n_layers={crop_n_layers} "
+                f"needs {crop_n_layers + 1}"
+            )
+        self.predictor = SamPredictor(model, precision)
+        self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.encoder_batch_size = encoder_batch_size
+
+    def generate(self, image: np.ndarray) -> list[dict]:
+        """Masks of one (H, W, 3) uint8 RGB image, as records (see `generate_batch`)."""
+        return self.generate_batch([image])[0]
+
+    def generate_batch(self, images: Sequence[np.ndarray]) -> list[list[dict]]:
+        """Masks of several images; the crops of all images share encoder batches.
+
+        Each record: segmentation (per output_mode), area (px), bbox XYWH,
+        predicted_iou, point_coords [[x, y]], stability_score, crop_box XYWH.
+        """
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(
+                    f"expected (H, W, 3) uint8 RGB images, got {image.shape} {image.dtype}"
+                )
+        jobs = []  # (image index, crop box XYXY, crop layer)
+        for i, image in enumerate(images):
+            boxes, layers = mask_ops.generate_crop_boxes(
+                image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio
+            )
+            jobs.extend((i, box, layer) for box, layer in zip(boxes, layers))
+
+        per_image: list[list[_Masks]] = [[] for _ in images]
+        for start in range(0, len(jobs), self.encoder_batch_size):
+            chunk = jobs[start : start + self.encoder_batch_size]
+            crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in chunk]
+            embeddings = self.predictor.encode(crops)
+            for (i, box, layer), embedding in zip(chunk, embeddings):
+                per_image[i].append(self._crop_masks(embedding, box, layer, images[i].shape[:2]))
+            del embeddings
+        return [self._finish(parts, len(parts)) for parts in per_image]
+
+    def _finish(self, parts: list[_Masks], n_crops: int) -> list[dict]:
+        """Cross-crop NMS, small-region cleanup and records for one image."""
+        data = _Masks.cat(parts)
+        if n_crops > 1 and len(data.rles):
+            crop_area = (data.crop_boxes[:, 2] - data.crop_boxes[:, 0]) * (
+                data.crop_boxes[:, 3] - data.crop_boxes[:, 1]
+            )
+            keep = mask_ops.batched_box_nms(
+                data.boxes.float(),
+                1.0 / crop_area.float(),
+                torch.zeros(len(data.rles), dtype=torch.int64, device=data.boxes.device),
+                self.crop_nms_thresh,
+            )
+            data = data.select(keep)
+        if self.min_mask_region_area > 0 and len(data.rles):
+            data = self._remove_small_regions(data)
+        return self._records(data)
+
+    @torch.inference_mode()
+    def _crop_masks(
+        self,
+        embedding: ImageEmbedding,
+        crop_box: list[int],
+        layer: int,
+        image_size: tuple[int, int],
+    ) -> _Masks:
+        """All masks of one crop after the per-crop NMS, in image coordinates."""
+        crop_h, crop_w = embedding.original_size
+        points = self.point_grids[layer] * np.array([[crop_w, crop_h]], dtype=np.float64)
+        labels = np.ones((len(points), 1), dtype=np.int64)
+        parts = []
+        for prompts, low_res, iou in self.predictor.iter_decode(
+            embedding,
+            points[:, None, :],
+            labels,
+            multimask_output=True,
+            batch_size=self.points_per_batch,
+        ):
+            parts.append(
+                self._filter_batch(embedding, low_res, iou, points[prompts], crop_box, image_size)
+            )
+        data = _Masks.cat(parts)
+        if len(data.rles):
+            keep = mask_ops.batched_box_nms(
+                data.boxes.float(),
+                data.predicted_iou,
+                torch.zeros(len(data.rles), dtype=torch.int64, device=data.boxes.device),
+                self.box_nms_thresh,
+            )
+            data = data.select(keep)
+        offset = torch.tensor(crop_box[:2] * 2, device=data.boxes.device)
+        data.boxes = data.boxes + offset
+        data.points = data.points + torch.tensor(crop_box[:2], dtype=torch.float64)
+        return data
+
+    def _filter_batch(
+        self,
+        embedding: ImageEmbedding,
+        low_res: torch.Tensor,
+        iou: torch.Tensor,
+        points: np.ndarray,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> _Masks:
+        """Filter one decoder batch: (b, 3, s, s) logits, (b, 3) IoU, (b, 2) points.
+
+        Boxes come out in crop coordinates; masks are RLE-encoded in image ones.
+        """
+        device = low_res.device
+        masks_per_point = low_res.shape[1]
+        low_res = low_res.flatten(0, 1)
+        iou = iou.flatten()
+        point_xy = torch.from_numpy(np.repeat(points, masks_per_point, axis=0))
+        keep = torch.arange(len(iou), device=device)
+        if self.pred_iou_thresh > 0.0:
+            keep = keep[iou[keep] > self.pred_iou_thresh]
+
+        crop_h, crop_w = embedding.original_size
+        image_h, image_w = image_size
+        chunk = max(1, _LOGIT_BUDGET_BYTES // (4 * crop_h * crop_w))
+        kept, stability, boxes, rles = [], [], [], []
+        for start in range(0, len(keep), chunk):
+            idx = keep[start : start + chunk]
+            logits = upscale_masks(
+                low_res[idx].unsqueeze(1),
+                embedding.input_size,
+                embedding.original_size,
+                self.predictor.model.image_size,
+            ).squeeze(1)
+            score = mask_ops.calculate_stability_score(logits, 0.0, self.stability_score_offset)
+            if self.stability_score_thresh > 0.0:
+                stable = score >= self.stability_score_thresh
+                idx, score, logits = idx[stable], score[stable], logits[stable]
+            masks = logits > 0.0
+            del logits
+            box = mask_ops.masks_to_boxes(masks)
+            inside = ~mask_ops.is_box_near_crop_edge(
+                box, crop_box, [0, 0, image_w, image_h], _EDGE_TOLERANCE_PX
+            )
+            idx, score, box, masks = idx[inside], score[inside], box[inside], masks[inside]
+            rles.extend(
+                mask_ops.masks_to_rle(mask_ops.uncrop_masks(masks, crop_box, image_h, image_w))
+            )
+            kept.append(idx)
+            stability.append(score)
+            boxes.append(box)
+        idx = torch.cat(kept) if kept else keep[:0]
+        return _Masks(
+            rles,
+            torch.cat(boxes) if boxes else torch.zeros(0, 4, dtype=torch.int64, device=device),
+            iou[idx],
+            torch.cat(stability) if stability else iou[:0],
+            point_xy[idx.cpu()],
+            torch.tensor([crop_box], dtype=torch.int64, device=device).expand(len(rles), 4),
+        )
+
+    def _remove_small_regions(self, data: _Masks) -> _Masks:
+        """Fill small holes, drop small islands, then NMS preferring unchanged masks."""
+        area = self.min_mask_region_area
+        rles, boxes, unchanged = [], [], []
+        for rle in data.rles:
+            mask = mask_ops.rle_to_mask(rle)
+            mask, holes_changed = mask_ops.remove_small_regions(mask, area, "holes")
+            mask, islands_changed = mask_ops.remove_small_regions(mask, area, "islands")
+            changed = holes_changed or islands_changed
+            tensor = torch.from_numpy(mask)[None]
+            rles.append(mask_ops.masks_to_rle(tensor)[0] if changed else rle)
+            boxes.append(mask_ops.masks_to_boxes(tensor)[0])
+            unchanged.append(0.0 if changed else 1.0)
+        boxes_t = torch.stack(boxes).to(data.boxes.device)
+        scores = torch.tensor(unchanged, device=boxes_t.device)
+        keep = mask_ops.batched_box_nms(
+            boxes_t.float(),
+            scores,
+            torch.zeros(len(rles), dtype=torch.int64, device=boxes_t.device),
+            max(self.box_nms_thresh, self.crop_nms_thresh),
+        )
+        data = dataclasses.replace(data, rles=rles, boxes=boxes_t)
+        return data.select(keep)
+
+    def _records(self, data: _Masks) -> list[dict]:
+        boxes = mask_ops.box_xyxy_to_xywh(data.boxes).cpu().tolist()
+        crop_boxes = mask_ops.box_xyxy_to_xywh(data.crop_boxes).cpu().tolist()
+        iou = data.predicted_iou.cpu().tolist()
+        stability = data.stability_score.cpu().tolist()
+        points = data.points.cpu().tolist()
+        records = []
+        for i, rle in enumerate(data.rles):
+            if self.output_mode == "coco_rle":
+                segmentation = _coco_from_uncompressed(rle)
+            elif self.output_mode == "binary_mask":
+                segmentation = mask_ops.rle_to_mask(rle)
+            else:
+                segmentation = rle
+            records.append(
+                {
+                    "segmentation": segmentation,
+                    "area": mask_ops.area_from_rle(rle),
+                    "bbox": boxes[i],
+                    "predicted_iou": iou[i],
+                    "point_coords": [points[i]],
+                    "stability_score": stability[i],
+                    "crop_box": crop_boxes[i],
+                }
+            )
+        return records
+
+
+def _coco_from_uncompressed(rle: dict) -> dict:
+    """Uncompressed RLE -> pycocotools compressed RLE with str counts."""
+    h, w = rle["size"]
+    coco = mask_utils.frPyObjects(rle, h, w)
+    coco["counts"] = coco["counts"].decode("utf-8")
+    return coco

@@ -1,0 +1,95 @@
+"""Compare automatic-mask-generator records of ours and the reference.
+
+`match_records` needs only pycocotools/scipy, so tests use it on committed golden
+records. `reference_records` imports the reference package (see README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from scipy.optimize import linear_sum_assignment
+
+
+@dataclasses.dataclass
+class Match:
+    """How well `ours` reproduces `reference`: counts, worst matched IoU and score errors."""
+
+    n_ours: int
+    n_reference: int
+    n_matched: int  # one-to-one pairs with mask IoU >= min_iou and scores within tol
+    worst_iou: float
+    worst_predicted_iou_error: float
+    worst_stability_error: float
+
+    @property
+    def identical(self) -> bool:
+        return self.n_ours == self.n_reference == self.n_matched
+
+
+def _coco(segmentation) -> dict:
+    if isinstance(segmentation, np.ndarray):
+        return mask_utils.encode(np.asfortranarray(segmentation.astype(np.uint8)))
+    if isinstance(segmentation["counts"], list):
+        h, w = segmentation["size"]
+        return mask_utils.frPyObjects(segmentation, h, w)
+    return segmentation
+
+
+def match_records(
+    ours: list[dict], reference: list[dict], min_iou: float = 0.99, score_tol: float = 1e-3
+) -> Match:
+    """Pair masks one-to-one by mask IoU (Hungarian), then check IoU and scores."""
+    if not ours or not reference:
+        return Match(len(ours), len(reference), 0, 1.0 if ours == reference else 0.0, 0.0, 0.0)
+    a = [_coco(r["segmentation"]) for r in ours]
+    b = [_coco(r["segmentation"]) for r in reference]
+    iou = mask_utils.iou(a, b, [0] * len(b))  # (len(ours), len(reference))
+    score_err = np.maximum(
+        np.abs(
+            np.array([r["predicted_iou"] for r in ours])[:, None]
+            - np.array([r["predicted_iou"] for r in reference])[None]
+        ),
+        np.abs(
+            np.array([r["stability_score"] for r in ours])[:, None]
+            - np.array([r["stability_score"] for r in reference])[None]
+        ),
+    )
+    # Prefer high IoU; among equal masks prefer matching scores.
+    rows, cols = linear_sum_assignment(-(iou - np.minimum(score_err, 1.0) * 1e-3))
+    pair_iou = iou[rows, cols]
+    iou_err = np.abs(
+        np.array([ours[i]["predicted_iou"] for i in rows])
+        - np.array([reference[j]["predicted_iou"] for j in cols])
+    )
+    stab_err = np.abs(
+        np.array([ours[i]["stability_score"] for i in rows])
+        - np.array([reference[j]["stability_score"] for j in cols])
+    )
+    good = (pair_iou >= min_iou) & (iou_err <= score_tol) & (stab_err <= score_tol)
+    return Match(
+        len(ours),
+        len(reference),
+        int(good.sum()),
+        float(pair_iou.min()),
+        float(iou_err.max()),
+        float(stab_err.max()),
+    )
+
+
+def reference_records(checkpoint: str, image: np.ndarray, **params) -> list[dict]:
+    """Run the reference SamAutomaticMaskGenerator (coco_rle output) on one image."""
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from sam_core import build_sam
+    from scripts.reference_parity import build_reference
+
+    config = build_sam(checkpoint=checkpoint).config
+    model = build_reference(config)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+    with torch.no_grad():
+        return generator.generate(image)

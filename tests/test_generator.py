@@ -1,0 +1,160 @@
+"""Automatic mask generator: parity with the reference's records, and behaviour."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from sam_core import build_sam
+from sam_core.generator import AutomaticMaskGenerator
+from sam_core.mask_ops import masks_to_boxes
+from scripts.amg_parity import match_records
+
+from .conftest import FIXTURES
+
+GOLDEN = json.loads((FIXTURES / "amg_golden.json").read_text())
+CASE_IDS = [f"{c['name']}-image{c['image']}" for c in GOLDEN["cases"]]
+
+
+@pytest.fixture(scope="module")
+def images():
+    with np.load(FIXTURES / "amg_images.npz") as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_sam(checkpoint=FIXTURES.parent.parent / GOLDEN["checkpoint"])
+
+
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=CASE_IDS)
+def test_same_masks_as_reference(model, images, case):
+    generator = AutomaticMaskGenerator(model, output_mode="coco_rle", **case["params"])
+    ours = generator.generate(images[case["image"]])
+    match = match_records(ours, case["records"], min_iou=0.99, score_tol=1e-3)
+    assert match.identical, match
+    # Everything else in the records too, for the matched masks.
+    by_rle = {r["segmentation"]["counts"]: r for r in case["records"]}
+    exact = [r for r in ours if r["segmentation"]["counts"] in by_rle]
+    assert len(exact) >= 0.95 * len(ours)
+    for r in exact:
+        ref = by_rle[r["segmentation"]["counts"]]
+        assert r["area"] == ref["area"]
+        assert r["bbox"] == ref["bbox"]
+        assert r["crop_box"] == ref["crop_box"]
+        np.testing.assert_allclose(r["point_coords"], ref["point_coords"], atol=1e-6)
+
+
+def test_parity_fixture_compares_distinct_masks():
+    case = next(c for c in GOLDEN["cases"] if c["name"] == "grid_no_nms")
+    rles = [r["segmentation"] for r in case["records"]]
+    iou = mask_utils.iou(rles, rles, [0] * len(rles))
+    off_diagonal = iou[~np.eye(len(rles), dtype=bool)]
+    assert len(rles) >= 100
+    assert np.median(off_diagonal) < 0.5  # masks really differ from prompt to prompt
+
+
+@pytest.mark.parametrize("mode", ["binary_mask", "uncompressed_rle", "coco_rle"])
+def test_records_are_consistent_in_every_output_mode(model, images, mode):
+    params = GOLDEN["cases"][0]["params"]
+    records = AutomaticMaskGenerator(model, output_mode=mode, **params).generate(images[1])
+    assert len(records) > 10
+    h, w = images[1].shape[:2]
+    for r in records:
+        seg = r["segmentation"]
+        if mode == "binary_mask":
+            mask = seg
+        elif mode == "uncompressed_rle":
+            mask = mask_utils.decode(mask_utils.frPyObjects(seg, h, w)).astype(bool)
+        else:
+            assert isinstance(seg["counts"], str)
+            mask = mask_utils.decode(seg).astype(bool)
+        assert mask.shape == (h, w)
+        assert r["area"] == int(mask.sum())
+        x0, y0, x1, y1 = masks_to_boxes(torch.from_numpy(mask)).tolist()
+        assert r["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+        assert r["crop_box"] == [0, 0, w, h]
+        assert set(r) == {
+            "segmentation",
+            "area",
+            "bbox",
+            "predicted_iou",
+            "point_coords",
+            "stability_score",
+            "crop_box",
+        }
+
+
+def test_batch_equals_one_image_at_a_time(model, images):
+    params = next(c["params"] for c in GOLDEN["cases"] if c["name"] == "crops")
+    generator = AutomaticMaskGenerator(
+        model, output_mode="coco_rle", **params, encoder_batch_size=3
+    )
+    batched = generator.generate_batch(images)
+    for image, records in zip(images, batched):
+        assert match_records(records, generator.generate(image)).identical
+
+
+def test_points_per_batch_does_not_change_the_masks(model, images):
+    params = GOLDEN["cases"][0]["params"]
+    a = AutomaticMaskGenerator(model, output_mode="coco_rle", points_per_batch=7, **params)
+    b = AutomaticMaskGenerator(model, output_mode="coco_rle", points_per_batch=64, **params)
+    assert match_records(a.generate(images[0]), b.generate(images[0])).identical
+
+
+def test_strict_thresholds_keep_nothing_and_return_empty(model, images):
+    generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=100.0)
+    assert generator.generate(images[0]) == []
+
+
+def test_explicit_point_grids(model, images):
+    grid = np.array([[0.25, 0.25], [0.75, 0.75]])
+    generator = AutomaticMaskGenerator(
+        model,
+        points_per_side=None,
+        point_grids=[grid],
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+    )
+    records = generator.generate(images[0])
+    h, w = images[0].shape[:2]
+    points = {tuple(r["point_coords"][0]) for r in records}
+    assert points <= {(0.25 * w, 0.25 * h), (0.75 * w, 0.75 * h)}
+    assert len(records) <= 6
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"points_per_side": None}, "exactly one of points_per_side and point_grids"),
+        ({"point_grids": [np.zeros((1, 2))]}, "exactly one of points_per_side and point_grids"),
+        (
+            {"points_per_side": None, "point_grids": [np.zeros((1, 2))], "crop_n_layers": 1},
+            "needs 2",
+        ),
+        ({"output_mode": "png"}, "output_mode must be one of"),
+        ({"crop_n_layers": -1}, "crop_n_layers"),
+        ({"points_per_batch": 0}, "points_per_batch"),
+        ({"points_per_side": 0}, "points_per_side"),
+        ({"precision": "fp16"}, "precision"),
+    ],
+)
+def test_bad_parameters(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AutomaticMaskGenerator(model, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((10, 10), np.uint8),
+        np.zeros((10, 10, 4), np.uint8),
+        np.zeros((10, 10, 3), np.float32),
+    ],
+)
+def test_bad_images(model, image):
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        AutomaticMaskGenerator(model).generate(image)
