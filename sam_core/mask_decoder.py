@@ -5,11 +5,30 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
 from .config import SamConfig
 from .transformer import ImageCache, TwoWayTransformer
+
+
+# The upscaling tensors are large and a fresh allocation costs more than the
+# arithmetic on it, so elementwise steps run in place unless autograd needs them.
+def _in_place(x: torch.Tensor) -> bool:
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu_(x) if _in_place(x) else F.gelu(x)
+
+
+def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return x.add_(y) if _in_place(x) else x + y
+
+
+# Prompts upscaled at once: bounds the (chunk, 16 hw, C/8) intermediates.
+_UPSCALE_CHUNK = 8
 
 
 class MaskDecoder(nn.Module):
@@ -39,6 +58,28 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             dim, config.iou_head_hidden_dim, self.num_mask_tokens, config.iou_head_depth
         )
+
+    def upscaled_masks(self, keys: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, hw, C) and mask vectors (B, M, C/8) -> logits (B, M, 4h, 4w).
+
+        The two stride-2 transposed convolutions, computed channels-last: each one
+        is a GEMM from a token's channels to its 2x2 children's channels. Pixels stay
+        in that blocked order until the (B, M, ...) logits, which are reordered once.
+        """
+        conv1, norm, _, conv2, _ = self.output_upscaling
+        b, hw, c = keys.shape
+        c4, c8 = conv1.out_channels, conv2.out_channels
+        # ConvTranspose2d weight (in, out, kh, kw) -> (in, kh * kw * out).
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)
+        x = _add(keys.reshape(b * hw, c) @ w1, conv1.bias.repeat(4)).view(b, hw, 4, c4)
+        x = _gelu(F.layer_norm(x, (c4,), norm.weight, norm.bias, norm.eps))
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
+        x = _gelu(_add(x.view(-1, c4) @ w2, conv2.bias.repeat(4)).view(b, hw * 16, c8))
+        masks = x @ hyper_in.transpose(1, 2)  # (B, hw*16, M), pixels in blocked order
+        side = math.isqrt(hw)
+        # Blocked (y, x, dy1, dx1, dy2, dx2) -> row 4y + 2dy1 + dy2, column 4x + 2dx1 + dx2.
+        masks = masks.view(b, side, side, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, -1, 4 * side, 4 * side)
 
     def image_cache(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> ImageCache:
         """Prompt-independent decoder work for one image with no mask prompt.
@@ -75,17 +116,20 @@ class MaskDecoder(nn.Module):
             hs, keys = self.transformer(src, image_pe, tokens)
         else:
             hs, keys = self.transformer(None, None, tokens, cache)
-        h = w = math.isqrt(keys.shape[1])
-        keys = keys.expand(batch, -1, -1)
-        upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(batch, -1, h, w))
-
         # Only the mask tokens whose output is returned go through their hypernetwork.
         selected = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in selected], dim=1
         )
-        b, c, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, uh * uw)).reshape(b, -1, uh, uw)
+        masks = torch.cat(
+            [
+                self.upscaled_masks(
+                    keys.expand(batch, -1, -1)[i : i + _UPSCALE_CHUNK],
+                    hyper_in[i : i + _UPSCALE_CHUNK],
+                )
+                for i in range(0, batch, _UPSCALE_CHUNK)
+            ]
+        )
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         iou_pred = iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
         return masks, iou_pred

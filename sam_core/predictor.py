@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .preprocess import (
     boxes_to_input_frame,
     coords_to_input_frame,
@@ -74,6 +75,7 @@ class SamPredictor:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model = model
         self.precision = precision
+        keep_freed_memory()
 
     @property
     def device(self) -> torch.device:

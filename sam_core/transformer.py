@@ -1,14 +1,26 @@
 """Two-way transformer of the mask decoder: prompt tokens and image embedding
 attend to each other in turn.
 
-Layer 0 sees the image embedding before any prompt has touched it, so its image
-key/value projections (token-to-image) and image query projection
-(image-to-token) are the same for every prompt of an image. `ImageCache` holds
-them, computed once per image, and the layers broadcast them over the prompts.
+Most of the decoder's work is on the image tokens (hw = 4096 per prompt for the
+official models), and two rewrites of the same arithmetic keep that work small:
+
+- Layer 0 sees the image embedding before any prompt has touched it, so its image
+  key/value projections (token-to-image) and image query projection
+  (image-to-token) are the same for every prompt. `ImageCache` holds them,
+  computed once per image, and every prompt batch reuses them.
+- Elsewhere the image tokens differ per prompt. Attention between a few tokens
+  and many image tokens is linear in the image tokens on both sides of the
+  softmax, so the projections are applied to the few tokens instead: e.g. the
+  scores q . (W_k x + b_k) become (W_k^T q) . x (+ a per-query constant that the
+  softmax ignores), and the output W_o (sum_i p_i v_i) becomes sum_i p_i (W_o v_i).
+  The image tokens are then touched by GEMMs whose inner size is
+  heads x tokens (~56) instead of by full-width projections (128) and
+  their (B, hw, 128) intermediates. The result is the same up to float rounding.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -25,6 +37,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         internal = dim // downsample_rate
+        self.head_dim = internal // num_heads
         self.q_proj = nn.Linear(dim, internal)
         self.k_proj = nn.Linear(dim, internal)
         self.v_proj = nn.Linear(dim, internal)
@@ -35,48 +48,111 @@ class Attention(nn.Module):
         b, n, d = x.shape
         return x.reshape(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention on head-split tensors (batch dims broadcast), then out_proj.
-
-        q: (Bq, heads, Nq, d); k, v: (Bk, heads, Nk, d) with Bq == Bk, or one of
-        them 1. Returns (max(Bq, Bk), Nq, C).
-        """
-        if k.shape[0] == 1 and q.shape[0] > 1:
-            # Shared keys: fold the prompts into the query axis -> one large GEMM.
-            b, h, nq, d = q.shape
-            folded = q.transpose(0, 1).reshape(1, h, b * nq, d)
-            out = F.scaled_dot_product_attention(folded, k, v)
-            out = out.reshape(h, b, nq, d).transpose(0, 1)
-        else:
-            if q.shape[0] == 1 and k.shape[0] > 1:
-                q = q.expand(k.shape[0], -1, -1, -1)
-            out = F.scaled_dot_product_attention(q, k, v)
-        b, h, n, d = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+    def head_weights(self, linear: nn.Linear) -> torch.Tensor:
+        """(heads, head_dim, C) view of a C -> internal projection's weight."""
+        return linear.weight.view(self.num_heads, self.head_dim, -1)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """(B, Nq, C), (B, Nk, C), (B, Nk, C) -> (B, Nq, C)."""
-        return self.attend(
+        """Plain attention: (B, Nq, C), (B, Nk, C), (B, Nk, C) -> (B, Nq, C)."""
+        out = F.scaled_dot_product_attention(
             self.split_heads(self.q_proj(q)),
             self.split_heads(self.k_proj(k)),
             self.split_heads(self.v_proj(v)),
         )
+        b, h, n, d = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+    def tokens_to_image(
+        self,
+        tokens: torch.Tensor,
+        image_keys: torch.Tensor,
+        image_values: torch.Tensor,
+    ) -> torch.Tensor:
+        """Few token queries (B, N, C) over image tokens (B or 1, hw, C) -> (B, N, C).
+
+        k_proj is folded into the queries and v_proj applied after the weighted sum,
+        so the image tokens are never projected.
+        """
+        b, n, _ = tokens.shape
+        q = self.split_heads(self.q_proj(tokens))  # (B, h, N, d)
+        # q . (W_k x + b_k) = (W_k^T q) . x + q . b_k; the last term is constant over
+        # the keys of a query, so the softmax drops it.
+        q_folded = (q @ self.head_weights(self.k_proj)).reshape(b, -1, tokens.shape[-1])
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if image_keys.shape[0] == 1 and b > 1:
+            # Shared image tokens: one GEMM for all prompts of the batch.
+            scores = (q_folded.reshape(-1, q_folded.shape[-1]) @ image_keys[0].T).view(
+                b, q_folded.shape[1], -1
+            )
+            probs = torch.softmax(scores * scale, dim=-1)
+            mixed = (probs.reshape(-1, probs.shape[-1]) @ image_values[0]).view(
+                b, -1, tokens.shape[-1]
+            )
+        else:
+            scores = q_folded @ image_keys.transpose(1, 2)  # (B, h*N, hw)
+            probs = torch.softmax(scores * scale, dim=-1)
+            mixed = probs @ image_values  # (B, h*N, C)
+        # sum_j p_j (W_v x_j + b_v) = W_v (sum_j p_j x_j) + b_v, since sum_j p_j = 1.
+        mixed = mixed.view(b, self.num_heads, n, -1)
+        out = mixed @ self.head_weights(self.v_proj).transpose(1, 2)  # (B, h, N, d)
+        out = out + self.v_proj.bias.view(self.num_heads, 1, self.head_dim)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def tokens_to_image_cached(
+        self, tokens: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        """Token queries (B, N, C) over projected image keys/values (1, h, hw, d)."""
+        b, n, _ = tokens.shape
+        q = self.split_heads(self.q_proj(tokens))  # (B, h, N, d)
+        # Fold the prompts into the query axis: one GEMM per head for the batch.
+        q = q.transpose(0, 1).reshape(1, self.num_heads, b * n, self.head_dim)
+        out = F.scaled_dot_product_attention(q, keys, values)
+        out = out.view(self.num_heads, b, n, self.head_dim).permute(1, 2, 0, 3)
+        return self.out_proj(out.reshape(b, n, -1))
+
+    def image_to_tokens(
+        self, image_queries: torch.Tensor, token_keys: torch.Tensor, token_values: torch.Tensor
+    ) -> torch.Tensor:
+        """Image token queries (B or 1, hw, C) over few token keys/values (B, N, C).
+
+        Returns (B, hw, C). q_proj is folded into the token keys and out_proj into
+        the token values, so the image tokens are never projected.
+        """
+        b, n, c = token_keys.shape
+        h, d = self.num_heads, self.head_dim
+        k = self.split_heads(self.k_proj(token_keys))  # (B, h, N, d)
+        v = self.split_heads(self.v_proj(token_values))
+        # (W_q x + b_q) . k = x . (W_q^T k) + b_q . k
+        k_folded = (k @ self.head_weights(self.q_proj)).reshape(b, h * n, c)
+        bias = (k @ self.q_proj.bias.view(h, d, 1)).reshape(b, h * n, 1)
+        # Scores as (B, h*N, hw): the softmax runs over the N tokens of each head with
+        # hw contiguous, which vectorises; a softmax over a last axis of ~7 does not.
+        if image_queries.shape[0] == 1 and b > 1:
+            scores = (k_folded.reshape(-1, c) @ image_queries[0].T).view(b, h * n, -1) + bias
+        else:
+            scores = torch.baddbmm(bias, k_folded, image_queries.transpose(1, 2))
+        scores = scores.view(b, h, n, -1)
+        probs = torch.softmax(scores * (1.0 / math.sqrt(d)), dim=2).view(b, h * n, -1)
+        # W_o concat_h(sum_i p_hi v_hi) = sum_{h,i} p_hi (W_o,h v_hi)
+        w_out = self.out_proj.weight.view(c, h, d).permute(1, 2, 0)  # (h, d, C)
+        v_out = (v @ w_out).reshape(b, h * n, c)
+        return torch.baddbmm(self.out_proj.bias, probs.transpose(1, 2), v_out)
 
 
 class ImageCache(NamedTuple):
     """Prompt-independent tensors of one image for decoder layer 0.
 
-    keys: (1, HW, C) image embedding plus dense (no-mask) embedding, flattened.
-    key_pe: (1, HW, C) positional encoding of the embedding grid.
-    t2i_k, t2i_v: (1, heads, HW, d) layer-0 token-to-image keys and values.
-    i2t_q: (1, heads, HW, d) layer-0 image-to-token queries.
+    keys: (1, hw, C) image embedding plus dense (no-mask) embedding, flattened.
+    key_pe: (1, hw, C) positional encoding of the embedding grid.
+    keys_pe: (1, hw, C) their sum, the image-to-token queries before projection.
+    t2i_k, t2i_v: (1, heads, hw, d) layer-0 token-to-image keys and values.
     """
 
     keys: torch.Tensor
     key_pe: torch.Tensor
+    keys_pe: torch.Tensor
     t2i_k: torch.Tensor
     t2i_v: torch.Tensor
-    i2t_q: torch.Tensor
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -102,16 +178,11 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def image_projections(
-        self, keys: torch.Tensor, key_pe: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Head-split t2i keys, t2i values and i2t queries of the image tokens."""
-        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        keys_pe = keys + key_pe
-        return (
-            t2i.split_heads(t2i.k_proj(keys_pe)),
-            t2i.split_heads(t2i.v_proj(keys)),
-            i2t.split_heads(i2t.q_proj(keys_pe)),
-        )
+        self, keys_pe: torch.Tensor, keys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head-split token-to-image keys and values of (1, hw, C) image tokens."""
+        t2i = self.cross_attn_token_to_image
+        return t2i.split_heads(t2i.k_proj(keys_pe)), t2i.split_heads(t2i.v_proj(keys))
 
     def forward(
         self,
@@ -121,7 +192,7 @@ class TwoWayAttentionBlock(nn.Module):
         key_pe: torch.Tensor,
         cache: ImageCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries (B, N, C), keys (B or 1, HW, C) -> updated queries, keys (B, HW, C)."""
+        """queries (B, N, C), keys (B or 1, hw, C) -> updated queries, keys (B, hw, C)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -129,21 +200,18 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         if cache is not None:
-            t2i_k, t2i_v, i2t_q = cache.t2i_k, cache.t2i_v, cache.i2t_q
+            keys_pe = cache.keys_pe
+            attn = t2i.tokens_to_image_cached(queries + query_pe, cache.t2i_k, cache.t2i_v)
         else:
-            t2i_k, t2i_v, i2t_q = self.image_projections(keys, key_pe)
-
-        t2i = self.cross_attn_token_to_image
-        q = t2i.split_heads(t2i.q_proj(queries + query_pe))
-        queries = self.norm2(queries + t2i.attend(q, t2i_k, t2i_v))
+            keys_pe = keys + key_pe
+            attn = t2i.tokens_to_image(queries + query_pe, keys_pe, keys)
+        queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
 
-        i2t = self.cross_attn_image_to_token
-        q_tokens = queries + query_pe
-        k = i2t.split_heads(i2t.k_proj(q_tokens))
-        v = i2t.split_heads(i2t.v_proj(queries))
-        keys = self.norm4(keys + i2t.attend(i2t_q, k, v))
+        attn = i2t.image_to_tokens(keys_pe, queries + query_pe, queries)
+        keys = self.norm4(attn.add_(keys) if not torch.is_grad_enabled() else attn + keys)
         return queries, keys
 
 
@@ -163,7 +231,8 @@ class TwoWayTransformer(nn.Module):
         """(1, C, h, w) image embedding (+ dense prompt) and its (1, C, h, w) encoding."""
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
-        return ImageCache(keys, key_pe, *self.layers[0].image_projections(keys, key_pe))
+        keys_pe = keys + key_pe
+        return ImageCache(keys, key_pe, keys_pe, *self.layers[0].image_projections(keys_pe, keys))
 
     def forward(
         self,
@@ -184,7 +253,6 @@ class TwoWayTransformer(nn.Module):
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             queries, keys = layer(queries, keys, point_embedding, key_pe, cache if i == 0 else None)
-        q = queries + point_embedding
-        k = keys + key_pe
-        queries = queries + self.final_attn_token_to_image(q, k, keys)
-        return self.norm_final_attn(queries), keys
+        final = self.final_attn_token_to_image
+        attn = final.tokens_to_image(queries + point_embedding, keys + key_pe, keys)
+        return self.norm_final_attn(queries + attn), keys
