@@ -206,15 +206,24 @@ class AutomaticMaskGenerator:
         points = self.point_grids[layer] * np.array([[crop_w, crop_h]], dtype=np.float64)
         labels = np.ones((len(points), 1), dtype=np.int64)
         parts = []
-        for prompts, low_res, iou in self.predictor.iter_decode(
+        for prompts, batch in self.predictor.iter_decode(
             embedding,
             points[:, None, :],
             labels,
             multimask_output=True,
             batch_size=self.points_per_batch,
+            min_iou=self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None,
         ):
+            computed = batch.computed.cpu().numpy()
             parts.append(
-                self._filter_batch(embedding, low_res, iou, points[prompts], crop_box, image_size)
+                self._filter_batch(
+                    embedding,
+                    batch.low_res_logits,
+                    batch.iou_predictions[batch.computed],
+                    points[prompts][computed],
+                    crop_box,
+                    image_size,
+                )
             )
         data = _Masks.cat(parts)
         if len(data.rles):

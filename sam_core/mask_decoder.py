@@ -88,6 +88,58 @@ class MaskDecoder(nn.Module):
         """
         return self.transformer.image_cache(image_embedding, image_pe)
 
+    def decode_tokens(
+        self,
+        image_embeddings: torch.Tensor | None,
+        image_pe: torch.Tensor | None,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor | None,
+        cache: ImageCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the two-way transformer; see `forward` for the arguments.
+
+        Returns the output tokens (B, 1 + num_mask_tokens + N, C) and the image
+        tokens (B or 1, hw, C).
+        """
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.to(sparse_prompt_embeddings.dtype)
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1
+        )
+        if cache is None:
+            src = image_embeddings + dense_prompt_embeddings
+            return self.transformer(src, image_pe, tokens)
+        return self.transformer(None, None, tokens, cache)
+
+    def predict_iou(self, tokens: torch.Tensor, multimask_output: bool) -> torch.Tensor:
+        """Predicted IoU (B, M) from the output tokens of `decode_tokens`."""
+        iou_pred = self.iou_prediction_head(tokens[:, 0, :])
+        return iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
+
+    def predict_masks(
+        self, tokens: torch.Tensor, keys: torch.Tensor, multimask_output: bool
+    ) -> torch.Tensor:
+        """Low-res mask logits (B, M, 4h, 4w) from `decode_tokens`'s outputs.
+
+        Only the mask tokens whose output is returned go through their hypernetwork.
+        """
+        selected = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
+        hyper_in = torch.stack(
+            [self.output_hypernetworks_mlps[i](tokens[:, 1 + i, :]) for i in selected], dim=1
+        )
+        batch = tokens.shape[0]
+        if batch == 0:
+            side = 4 * math.isqrt(keys.shape[1])
+            return hyper_in.new_zeros(0, hyper_in.shape[1], side, side)
+        keys = keys.expand(batch, -1, -1)
+        return torch.cat(
+            [
+                self.upscaled_masks(keys[i : i + _UPSCALE_CHUNK], hyper_in[i : i + _UPSCALE_CHUNK])
+                for i in range(0, batch, _UPSCALE_CHUNK)
+            ]
+        )
+
     def forward(
         self,
         image_embeddings: torch.Tensor | None,
@@ -105,31 +157,8 @@ class MaskDecoder(nn.Module):
         Returns low-res mask logits (B, M, 4h, 4w) and predicted IoU (B, M), where M
         is num_multimask_outputs if multimask_output else 1.
         """
-        batch = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.to(sparse_prompt_embeddings.dtype)
-        tokens = torch.cat(
-            [output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1
+        tokens, keys = self.decode_tokens(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, cache
         )
-        if cache is None:
-            src = image_embeddings + dense_prompt_embeddings
-            hs, keys = self.transformer(src, image_pe, tokens)
-        else:
-            hs, keys = self.transformer(None, None, tokens, cache)
-        # Only the mask tokens whose output is returned go through their hypernetwork.
-        selected = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
-        hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in selected], dim=1
-        )
-        masks = torch.cat(
-            [
-                self.upscaled_masks(
-                    keys.expand(batch, -1, -1)[i : i + _UPSCALE_CHUNK],
-                    hyper_in[i : i + _UPSCALE_CHUNK],
-                )
-                for i in range(0, batch, _UPSCALE_CHUNK)
-            ]
-        )
-        iou_pred = self.iou_prediction_head(hs[:, 0, :])
-        iou_pred = iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
-        return masks, iou_pred
+        masks = self.predict_masks(tokens, keys, multimask_output)
+        return masks, self.predict_iou(tokens, multimask_output)

@@ -54,6 +54,20 @@ class Prediction:
     low_res_logits: torch.Tensor
 
 
+@dataclasses.dataclass
+class DecodedBatch:
+    """Decoder output for b prompts with M masks each.
+
+    iou_predictions: (b, M) float32 for every prompt of the batch.
+    low_res_logits: (k, M, s, s) float32 for the prompts in `computed` ((k,) int64
+        indices into the batch): all of them unless a minimum IoU was given.
+    """
+
+    iou_predictions: torch.Tensor
+    low_res_logits: torch.Tensor
+    computed: torch.Tensor
+
+
 def _as_tensor(x: np.ndarray | torch.Tensor | None, dtype: torch.dtype, device: torch.device):
     if x is None:
         return None
@@ -126,24 +140,32 @@ class SamPredictor:
         boxes: torch.Tensor | None,
         mask_inputs: torch.Tensor | None,
         multimask_output: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.model
+        min_iou: float | None,
+    ) -> DecodedBatch:
+        model, decoder = self.model, self.model.mask_decoder
         points = (coords, labels) if coords is not None else None
         sparse, dense = model.prompt_encoder(points, boxes, mask_inputs)
-        if mask_inputs is None:
-            cache = self.decoder_cache(embedding)
-            with self.autocast():
-                low_res, iou = model.mask_decoder(None, None, sparse, None, multimask_output, cache)
-        else:
-            with self.autocast():
-                low_res, iou = model.mask_decoder(
+        with self.autocast():
+            if mask_inputs is None:
+                tokens, keys = decoder.decode_tokens(
+                    None, None, sparse, None, self.decoder_cache(embedding)
+                )
+            else:
+                tokens, keys = decoder.decode_tokens(
                     embedding.features.unsqueeze(0),
                     model.prompt_encoder.dense_pe(),
                     sparse,
                     dense,
-                    multimask_output,
                 )
-        return low_res.float(), iou.float()
+            iou = decoder.predict_iou(tokens, multimask_output).float()
+            computed = torch.arange(len(iou), device=iou.device)
+            if min_iou is not None:
+                # Masks of prompts none of whose outputs can pass are never upscaled.
+                computed = computed[(iou > min_iou).any(dim=1)]
+                tokens = tokens[computed]
+                keys = keys if keys.shape[0] == 1 else keys[computed]
+            low_res = decoder.predict_masks(tokens, keys, multimask_output).float()
+        return DecodedBatch(iou, low_res, computed)
 
     def iter_decode(
         self,
@@ -154,10 +176,12 @@ class SamPredictor:
         mask_inputs: np.ndarray | torch.Tensor | None = None,
         multimask_output: bool = True,
         batch_size: int = 64,
-    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-        """Decode prompts in batches; yields (prompt slice, low-res logits, IoU).
+        min_iou: float | None = None,
+    ) -> Iterator[tuple[slice, DecodedBatch]]:
+        """Decode prompts in batches; yields (prompt slice, DecodedBatch).
 
-        Arguments as in `predict`. Low-res logits are (b, M, s, s) float32.
+        Arguments as in `predict`. With `min_iou`, mask logits are computed only for
+        the prompts with at least one predicted IoU > min_iou.
         """
         device = self.device
         coords = _as_tensor(point_coords, torch.float32, device)
@@ -175,15 +199,18 @@ class SamPredictor:
         with torch.inference_mode():
             for start in range(0, count, batch_size):
                 part = slice(start, min(start + batch_size, count))
-                low_res, iou = self._decode_batch(
-                    embedding,
-                    None if coords is None else coords[part],
-                    None if labels is None else labels[part],
-                    None if box_t is None else box_t[part],
-                    None if masks_t is None else masks_t[part],
-                    multimask_output,
+                yield (
+                    part,
+                    self._decode_batch(
+                        embedding,
+                        None if coords is None else coords[part],
+                        None if labels is None else labels[part],
+                        None if box_t is None else box_t[part],
+                        None if masks_t is None else masks_t[part],
+                        multimask_output,
+                        min_iou,
+                    ),
                 )
-                yield part, low_res, iou
 
     def predict(
         self,
@@ -205,9 +232,10 @@ class SamPredictor:
         At least one of the three; all given must agree on B.
         """
         low_res_parts, iou_parts, mask_parts = [], [], []
-        for _, low_res, iou in self.iter_decode(
+        for _, batch in self.iter_decode(
             embedding, point_coords, point_labels, boxes, mask_inputs, multimask_output, batch_size
         ):
+            low_res, iou = batch.low_res_logits, batch.iou_predictions
             with torch.inference_mode():
                 masks = upscale_masks(
                     low_res, embedding.input_size, embedding.original_size, self.model.image_size

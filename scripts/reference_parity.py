@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam_core import CONFIGS, SamConfig, SamPredictor, build_sam
+from sam_core import CONFIGS, Sam, SamConfig, SamPredictor, build_sam
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
@@ -97,9 +97,10 @@ def build_reference(config: SamConfig):
 
 
 def seeded_state_dict(config: SamConfig, seed: int) -> dict[str, torch.Tensor]:
-    """A reproducible random state dict in the official format."""
+    """A reproducible random state dict in the official format (our module init,
+    so it needs no reference package; both implementations load it)."""
     torch.manual_seed(seed)
-    state = build_reference(config).state_dict()
+    state = Sam(config).state_dict()
     gen = torch.Generator().manual_seed(seed + 1)
     for name, tensor in state.items():
         if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")):
