@@ -35,7 +35,7 @@ _LOGIT_BUDGET_BYTES = 256 << 20
 class _Masks:
     """Candidate masks (K of them) in image coordinates, RLE-encoded.
 
-    rles: uncompressed column-major RLE dicts; boxes: (K, 4) int64 XYXY, inclusive
+    rles: compressed COCO RLE dicts (str counts); boxes: (K, 4) int64 XYXY, inclusive
     max; predicted_iou, stability_score: (K,) float32; points: (K, 2) float64 xy;
     crop_boxes: (K, 4) int64 XYXY.
     """
@@ -285,7 +285,7 @@ class AutomaticMaskGenerator:
             )
             idx, score, box, masks = idx[inside], score[inside], box[inside], masks[inside]
             rles.extend(
-                mask_ops.masks_to_rle(mask_ops.uncrop_masks(masks, crop_box, image_h, image_w))
+                mask_ops.coco_encode(mask_ops.uncrop_masks(masks, crop_box, image_h, image_w))
             )
             kept.append(idx)
             stability.append(score)
@@ -305,12 +305,12 @@ class AutomaticMaskGenerator:
         area = self.min_mask_region_area
         rles, boxes, unchanged = [], [], []
         for rle in data.rles:
-            mask = mask_ops.rle_to_mask(rle)
+            mask = mask_utils.decode(rle).astype(bool)
             mask, holes_changed = mask_ops.remove_small_regions(mask, area, "holes")
             mask, islands_changed = mask_ops.remove_small_regions(mask, area, "islands")
             changed = holes_changed or islands_changed
             tensor = torch.from_numpy(mask)[None]
-            rles.append(mask_ops.masks_to_rle(tensor)[0] if changed else rle)
+            rles.append(mask_ops.coco_encode(tensor)[0] if changed else rle)
             boxes.append(mask_ops.masks_to_boxes(tensor)[0])
             unchanged.append(0.0 if changed else 1.0)
         boxes_t = torch.stack(boxes).to(data.boxes.device)
@@ -330,18 +330,21 @@ class AutomaticMaskGenerator:
         iou = data.predicted_iou.cpu().tolist()
         stability = data.stability_score.cpu().tolist()
         points = data.points.cpu().tolist()
+        areas = mask_utils.area(data.rles).tolist() if data.rles else []
         records = []
         for i, rle in enumerate(data.rles):
             if self.output_mode == "coco_rle":
-                segmentation = _coco_from_uncompressed(rle)
-            elif self.output_mode == "binary_mask":
-                segmentation = mask_ops.rle_to_mask(rle)
-            else:
                 segmentation = rle
+            else:
+                mask = mask_utils.decode(rle).astype(bool)
+                if self.output_mode == "binary_mask":
+                    segmentation = mask
+                else:
+                    segmentation = mask_ops.masks_to_rle(torch.from_numpy(mask)[None])[0]
             records.append(
                 {
                     "segmentation": segmentation,
-                    "area": mask_ops.area_from_rle(rle),
+                    "area": int(areas[i]),
                     "bbox": boxes[i],
                     "predicted_iou": iou[i],
                     "point_coords": [points[i]],
@@ -350,11 +353,3 @@ class AutomaticMaskGenerator:
                 }
             )
         return records
-
-
-def _coco_from_uncompressed(rle: dict) -> dict:
-    """Uncompressed RLE -> pycocotools compressed RLE with str counts."""
-    h, w = rle["size"]
-    coco = mask_utils.frPyObjects(rle, h, w)
-    coco["counts"] = coco["counts"].decode("utf-8")
-    return coco

@@ -338,13 +338,14 @@ def rle_to_mask(rle: RLE) -> np.ndarray:
 
 def coco_encode(masks: np.ndarray | torch.Tensor) -> list[RLE]:
     """(N, H, W) bool masks -> compressed COCO RLE dicts with str (utf-8) counts, for JSON."""
-    if isinstance(masks, torch.Tensor):
-        masks = masks.detach().cpu().numpy()
     if masks.shape[0] == 0:
         return []
-    # pycocotools wants an (H, W, N) Fortran-ordered uint8 array.
-    stacked = np.asfortranarray(np.transpose(masks, (1, 2, 0)).astype(np.uint8))
-    rles = mask_utils.encode(stacked)
+    if isinstance(masks, np.ndarray):
+        masks = torch.from_numpy(masks)
+    # pycocotools wants (H, W, N) uint8 in Fortran order, i.e. the bytes of a C-order
+    # (N, W, H) array: one transposing copy, then views.
+    column_major = masks.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy()
+    rles = mask_utils.encode(column_major.transpose(2, 1, 0))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("utf-8")
     return rles

@@ -155,3 +155,21 @@ def test_bad_prompts_are_rejected(model, images, kwargs, message):
 
 def test_encode_of_nothing_is_empty(model):
     assert SamPredictor(model).encode([]) == []
+
+
+@pytest.mark.parametrize(
+    "input_size, original_size",
+    [((256, 183), (70, 50)), ((94, 256), (33, 90)), ((256, 256), (512, 512))],
+)
+def test_upscale_equals_the_two_bilinear_interpolations(input_size, original_size):
+    import torch.nn.functional as F
+
+    from sam_core.preprocess import upscale_masks
+
+    low = torch.randn(2, 3, 64, 64) * 5
+    expected = F.interpolate(low, (256, 256), mode="bilinear", align_corners=False)
+    expected = expected[..., : input_size[0], : input_size[1]]
+    expected = F.interpolate(expected, original_size, mode="bilinear", align_corners=False)
+    out = upscale_masks(low, input_size, original_size, 256)
+    assert out.shape == (2, 3, *original_size)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=0)
