@@ -35,12 +35,13 @@ _LOGIT_BUDGET_BYTES = 256 << 20
 class _Masks:
     """Candidate masks (K of them) in image coordinates, RLE-encoded.
 
-    rles: compressed COCO RLE dicts (str counts); boxes: (K, 4) int64 XYXY, inclusive
-    max; predicted_iou, stability_score: (K,) float32; points: (K, 2) float64 xy;
-    crop_boxes: (K, 4) int64 XYXY.
+    rles: compressed COCO RLE dicts (str counts); areas: (K,) int64 pixels; boxes:
+    (K, 4) int64 XYXY, inclusive max; predicted_iou, stability_score: (K,) float32;
+    points: (K, 2) float64 xy; crop_boxes: (K, 4) int64 XYXY.
     """
 
     rles: list[dict]
+    areas: torch.Tensor
     boxes: torch.Tensor
     predicted_iou: torch.Tensor
     stability_score: torch.Tensor
@@ -49,25 +50,21 @@ class _Masks:
 
     def select(self, keep: torch.Tensor) -> _Masks:
         idx = keep.cpu().tolist()
-        return _Masks(
-            [self.rles[i] for i in idx],
-            self.boxes[keep],
-            self.predicted_iou[keep],
-            self.stability_score[keep],
-            self.points[keep],
-            self.crop_boxes[keep],
-        )
+        tensors = {
+            f.name: getattr(self, f.name)[keep.to(getattr(self, f.name).device)]
+            for f in dataclasses.fields(self)
+            if f.name != "rles"
+        }
+        return _Masks(rles=[self.rles[i] for i in idx], **tensors)
 
     @staticmethod
     def cat(parts: Sequence[_Masks]) -> _Masks:
-        return _Masks(
-            [r for p in parts for r in p.rles],
-            torch.cat([p.boxes for p in parts]),
-            torch.cat([p.predicted_iou for p in parts]),
-            torch.cat([p.stability_score for p in parts]),
-            torch.cat([p.points for p in parts]),
-            torch.cat([p.crop_boxes for p in parts]),
-        )
+        tensors = {
+            f.name: torch.cat([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(_Masks)
+            if f.name != "rles"
+        }
+        return _Masks(rles=[r for p in parts for r in p.rles], **tensors)
 
 
 class AutomaticMaskGenerator:
@@ -264,7 +261,7 @@ class AutomaticMaskGenerator:
         crop_h, crop_w = embedding.original_size
         image_h, image_w = image_size
         chunk = max(1, _LOGIT_BUDGET_BYTES // (4 * crop_h * crop_w))
-        kept, stability, boxes, rles = [], [], [], []
+        kept, stability, boxes, areas, rles = [], [], [], [], []
         for start in range(0, len(keep), chunk):
             idx = keep[start : start + chunk]
             logits = upscale_masks(
@@ -290,20 +287,22 @@ class AutomaticMaskGenerator:
             kept.append(idx)
             stability.append(score)
             boxes.append(box)
+            areas.append(masks.sum(dim=(1, 2)))
         idx = torch.cat(kept) if kept else keep[:0]
         return _Masks(
-            rles,
-            torch.cat(boxes) if boxes else torch.zeros(0, 4, dtype=torch.int64, device=device),
-            iou[idx],
-            torch.cat(stability) if stability else iou[:0],
-            point_xy[idx.cpu()],
-            torch.tensor([crop_box], dtype=torch.int64, device=device).expand(len(rles), 4),
+            rles=rles,
+            areas=torch.cat(areas) if areas else keep[:0],
+            boxes=torch.cat(boxes) if boxes else keep.new_zeros(0, 4),
+            predicted_iou=iou[idx],
+            stability_score=torch.cat(stability) if stability else iou[:0],
+            points=point_xy[idx.cpu()],
+            crop_boxes=torch.tensor([crop_box], device=device).expand(len(rles), 4),
         )
 
     def _remove_small_regions(self, data: _Masks) -> _Masks:
         """Fill small holes, drop small islands, then NMS preferring unchanged masks."""
         area = self.min_mask_region_area
-        rles, boxes, unchanged = [], [], []
+        rles, boxes, areas, unchanged = [], [], [], []
         for rle in data.rles:
             mask = mask_utils.decode(rle).astype(bool)
             mask, holes_changed = mask_ops.remove_small_regions(mask, area, "holes")
@@ -312,6 +311,7 @@ class AutomaticMaskGenerator:
             tensor = torch.from_numpy(mask)[None]
             rles.append(mask_ops.coco_encode(tensor)[0] if changed else rle)
             boxes.append(mask_ops.masks_to_boxes(tensor)[0])
+            areas.append(int(mask.sum()))
             unchanged.append(0.0 if changed else 1.0)
         boxes_t = torch.stack(boxes).to(data.boxes.device)
         scores = torch.tensor(unchanged, device=boxes_t.device)
@@ -321,7 +321,9 @@ class AutomaticMaskGenerator:
             torch.zeros(len(rles), dtype=torch.int64, device=boxes_t.device),
             max(self.box_nms_thresh, self.crop_nms_thresh),
         )
-        data = dataclasses.replace(data, rles=rles, boxes=boxes_t)
+        data = dataclasses.replace(
+            data, rles=rles, boxes=boxes_t, areas=torch.tensor(areas, device=boxes_t.device)
+        )
         return data.select(keep)
 
     def _records(self, data: _Masks) -> list[dict]:
@@ -330,7 +332,7 @@ class AutomaticMaskGenerator:
         iou = data.predicted_iou.cpu().tolist()
         stability = data.stability_score.cpu().tolist()
         points = data.points.cpu().tolist()
-        areas = mask_utils.area(data.rles).tolist() if data.rles else []
+        areas = data.areas.cpu().tolist()
         records = []
         for i, rle in enumerate(data.rles):
             if self.output_mode == "coco_rle":

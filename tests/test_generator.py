@@ -58,9 +58,12 @@ def test_parity_fixture_compares_distinct_masks():
 
 @pytest.mark.parametrize("mode", ["binary_mask", "uncompressed_rle", "coco_rle"])
 def test_records_are_consistent_in_every_output_mode(model, images, mode):
-    params = GOLDEN["cases"][0]["params"]
+    # Over 255 masks: pycocotools' area() of a list overflows there under numpy 2.
+    params = dict(
+        points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    )
     records = AutomaticMaskGenerator(model, output_mode=mode, **params).generate(images[1])
-    assert len(records) > 10
+    assert len(records) > 255
     h, w = images[1].shape[:2]
     for r in records:
         seg = r["segmentation"]
