@@ -28,7 +28,7 @@ from .sam import Sam
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _EDGE_TOLERANCE_PX = 20.0
 # Full-resolution float32 logits held at once while scoring masks (bytes).
-_LOGIT_BUDGET_BYTES = 256 << 20
+_LOGIT_BUDGET_BYTES = 64 << 20
 
 
 @dataclasses.dataclass
@@ -264,8 +264,10 @@ class AutomaticMaskGenerator:
         kept, stability, boxes, areas, rles = [], [], [], [], []
         for start in range(0, len(keep), chunk):
             idx = keep[start : start + chunk]
+            # In bf16 mode the upscaling GEMMs and the passes over full-resolution
+            # logits run in bf16 too (half the memory traffic).
             logits = upscale_masks(
-                low_res[idx].unsqueeze(1),
+                low_res[idx].unsqueeze(1).to(self.predictor.decoder_dtype),
                 embedding.input_size,
                 embedding.original_size,
                 self.predictor.model.image_size,
