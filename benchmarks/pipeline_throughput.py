@@ -1,0 +1,147 @@
+"""Pipeline overhead and memory: maskmine on DirectRunner vs a bare Python loop.
+
+Both get the same generated images, model and generator parameters; each case
+runs in its own child process (wall time from start to last output, model
+loading included in both; peak RSS of that process alone):
+
+  bare loop:  decode files (the pipeline's decoder), batches of 4 -> generator.generate_batch
+  pipeline:   maskmine --runner DirectRunner ... (read, decode, RunInference,
+              filters, three Parquet sinks)
+
+  python benchmarks/pipeline_throughput.py [--images 20,200] [--checkpoint PATH]
+
+Prints images/s of each, the pipeline's overhead, and peak RSS per image count
+(the 200-image run must not need more memory than the 20-image one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = ROOT / "tests" / "fixtures" / "sam_tiny.pth"
+BATCH = 4  # images per encoder batch in both
+GENERATOR = {"points_per_side": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(count):
+        img = np.zeros((h, w, 3), np.uint8) + rng.integers(0, 80, 3, dtype=np.uint8)
+        for _ in range(4):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.3) * h
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.integers(80, 255, 3)
+        Image.fromarray(img).save(folder / f"img_{i:05d}.png")
+
+
+def bare_loop(spec: dict) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from sam_core import build_sam
+    from sam_core.generator import AutomaticMaskGenerator
+    from transforms.decode import decode_image_bytes
+
+    torch.set_num_threads(spec["threads"])
+    t0 = time.perf_counter()
+    generator = AutomaticMaskGenerator(
+        build_sam(checkpoint=spec["checkpoint"]),
+        output_mode="coco_rle",
+        encoder_batch_size=BATCH,
+        **GENERATOR,
+    )
+    paths, masks = sorted(Path(spec["folder"]).glob("*.png")), 0
+    for start in range(0, len(paths), BATCH):
+        pixels = [decode_image_bytes(p.read_bytes()) for p in paths[start : start + BATCH]]
+        masks += sum(len(records) for records in generator.generate_batch(pixels))
+    return {"seconds": time.perf_counter() - t0, "masks": masks}
+
+
+def pipeline_run(spec: dict) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.cli import main
+
+    torch.set_num_threads(spec["threads"])
+    args = [
+        "--runner=DirectRunner",
+        f"--input={spec['folder']}",
+        f"--output={spec['output']}",
+        f"--checkpoint={spec['checkpoint']}",
+        "--dedup_iou_thresh=1.0",  # the bare loop has no extra dedup either
+        f"--inference_batch_size={BATCH}",
+        *[f"--{k}={v}" for k, v in GENERATOR.items()],
+    ]
+    t0 = time.perf_counter()
+    assert main(args) == 0
+    seconds = time.perf_counter() - t0
+    import pyarrow.parquet as pq
+
+    masks = sum(pq.read_metadata(p).num_rows for p in Path(spec["output"]).glob("masks/*.parquet"))
+    return {"seconds": seconds, "masks": masks}
+
+
+def child(spec: dict) -> None:
+    result = (bare_loop if spec["case"] == "bare" else pipeline_run)(spec)
+    result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print("RESULT " + json.dumps(result))
+
+
+def run_child(spec: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--images", default="20,200")
+    parser.add_argument("--size", default="96,128", help="image height,width")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return
+    size = tuple(int(v) for v in args.size.split(","))
+    print(f"generator {GENERATOR}, images {size}, checkpoint {args.checkpoint}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (int(c) for c in args.images.split(",")):
+            folder = Path(tmp) / f"images_{count}"
+            write_images(folder, count, size)
+            spec = {"folder": str(folder), "checkpoint": args.checkpoint, "threads": args.threads}
+            bare = run_child(dict(spec, case="bare"))
+            pipe = run_child(dict(spec, case="pipeline", output=str(Path(tmp) / f"out_{count}")))
+            overhead = pipe["seconds"] / bare["seconds"] - 1
+            print(
+                f"{count:4d} images | bare loop {count / bare['seconds']:6.2f} img/s "
+                f"(peak {bare['peak_gb']:.2f} GB, {bare['masks']} masks) | pipeline "
+                f"{count / pipe['seconds']:6.2f} img/s (peak {pipe['peak_gb']:.2f} GB, "
+                f"{pipe['masks']} masks) | overhead {overhead:+.1%}"
+            )
+
+
+if __name__ == "__main__":
+    main()

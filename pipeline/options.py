@@ -1,0 +1,117 @@
+"""Command-line options of the maskmine pipeline, as Beam PipelineOptions.
+
+Generator flags carry the reference SamAutomaticMaskGenerator's parameter names
+and defaults. Any other Beam option (--runner, --project, ...) passes through.
+"""
+
+from __future__ import annotations
+
+import json
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+# Generator parameter -> (type, default), as in the reference.
+GENERATOR_PARAMS: dict[str, tuple[type, object]] = {
+    "points_per_side": (int, 32),
+    "points_per_batch": (int, 64),
+    "pred_iou_thresh": (float, 0.88),
+    "stability_score_thresh": (float, 0.95),
+    "stability_score_offset": (float, 1.0),
+    "box_nms_thresh": (float, 0.7),
+    "crop_n_layers": (int, 0),
+    "crop_nms_thresh": (float, 0.7),
+    "crop_overlap_ratio": (float, 512 / 1500),
+    "crop_n_points_downscale_factor": (int, 1),
+    "min_mask_region_area": (int, 0),
+}
+
+
+class MaskMineOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        io = parser.add_argument_group("input and output")
+        io.add_argument(
+            "--input",
+            action="append",
+            default=None,
+            help="Glob pattern, folder, or manifest (manifest:PATH, or a .txt/.csv/.parquet "
+            "file of URIs); local or gs://. Repeatable. Default: the bundled sample images.",
+        )
+        io.add_argument("--output", default="out", help="Output folder (local or gs://).")
+        io.add_argument(
+            "--skip_existing",
+            action="store_true",
+            help="Skip images already in OUTPUT/images/ (resume an interrupted run).",
+        )
+        io.add_argument(
+            "--max_pixels",
+            type=int,
+            default=64_000_000,
+            help="Reject larger images before decoding them (decompression bombs).",
+        )
+        io.add_argument("--run_id", default=None, help="Default: UTC time plus a random suffix.")
+
+        model = parser.add_argument_group("model")
+        model.add_argument(
+            "--checkpoint",
+            default=None,
+            help="Official-format SAM state dict (local or gs://). Default: the bundled model.",
+        )
+        model.add_argument(
+            "--model_type",
+            default=None,
+            choices=["vit_h", "vit_l", "vit_b"],
+            help="Checked against the checkpoint; inferred from its shapes when omitted.",
+        )
+        model.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+        model.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+        model.add_argument(
+            "--inference_batch_size",
+            type=int,
+            default=4,
+            help="Images per encoder batch (RunInference max_batch_size).",
+        )
+        model.add_argument(
+            "--share_model_across_processes",
+            action="store_true",
+            help="One model copy per machine (GPU workers with several SDK processes).",
+        )
+
+        generator = parser.add_argument_group("automatic mask generator")
+        for name, (kind, default) in GENERATOR_PARAMS.items():
+            generator.add_argument(f"--{name}", type=kind, default=default)
+
+        quality = parser.add_argument_group("filters after the generator")
+        quality.add_argument(
+            "--min_predicted_iou",
+            type=float,
+            default=None,
+            help="Stricter than --pred_iou_thresh, e.g. for a second dataset. Default: off.",
+        )
+        quality.add_argument("--min_stability_score", type=float, default=None)
+        quality.add_argument("--min_area_fraction", type=float, default=0.0)
+        quality.add_argument(
+            "--max_area_fraction",
+            type=float,
+            default=1.0,
+            help="SA-1B drops masks covering 95%% or more of the image: 0.95.",
+        )
+        quality.add_argument(
+            "--dedup_iou_thresh",
+            type=float,
+            default=0.7,
+            help="NMS within each image across everything kept; 1.0 turns it off.",
+        )
+        quality.add_argument("--dedup_by", default="box", choices=["box", "mask"])
+
+
+def generator_params(options: MaskMineOptions) -> dict:
+    """The AutomaticMaskGenerator parameters chosen on the command line."""
+    values = options.get_all_options()
+    return {name: values[name] for name in GENERATOR_PARAMS}
+
+
+def generator_params_json(options: MaskMineOptions) -> str:
+    """Canonical JSON of the generator parameters, for provenance."""
+    params = dict(generator_params(options), precision=options.precision)
+    return json.dumps(params, sort_keys=True)

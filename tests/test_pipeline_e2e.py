@@ -1,0 +1,209 @@
+"""The whole pipeline on the local runner: tiny model, generated images, bad inputs."""
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from pipeline.cli import main
+from sam_core.mask_ops import masks_to_boxes
+
+from .conftest import FIXTURES
+
+# Permissive generator settings on the tiny random-weight model: a few masks per
+# image, quickly.
+FAST = [
+    "--points_per_side=6",
+    "--pred_iou_thresh=0",
+    "--stability_score_thresh=0",
+    "--inference_batch_size=2",
+]
+
+
+def scene(seed: int, size=(60, 80)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), np.uint8) + rng.integers(0, 60, 3, dtype=np.uint8)
+    for _ in range(3):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(5, 20)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.integers(80, 255, 3)
+    return img
+
+
+def write_good_images(folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, fmt in enumerate(["png", "jpg", "png"]):
+        path = folder / f"good_{i}.{fmt}"
+        Image.fromarray(scene(i)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small valid PNG whose IHDR is patched to claim width x height."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # type + 13 bytes of header data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def write_bad_images(folder: Path) -> dict[str, str]:
+    """name -> path of inputs that must become error rows (but one: the rotated JPEG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    (folder / "empty.jpg").write_bytes(b"")
+    paths["empty"] = str(folder / "empty.jpg")
+    buf = io.BytesIO()
+    Image.fromarray(scene(7)).save(buf, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    paths["truncated"] = str(folder / "truncated.jpg")
+    (folder / "text.png").write_text("this is not an image\n")
+    paths["text"] = str(folder / "text.png")
+    (folder / "bomb.png").write_bytes(png_claiming(40000, 40000))
+    paths["bomb"] = str(folder / "bomb.png")
+    return paths
+
+
+def write_odd_but_valid(folder: Path) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    gradient = (np.linspace(0, 65535, 50 * 40).reshape(50, 40)).astype(np.uint16)
+    Image.fromarray(gradient).save(folder / "deep.png")  # 16-bit grey
+    paths["deep"] = str(folder / "deep.png")
+    Image.fromarray(scene(3)).convert("CMYK").save(folder / "cmyk.jpg")
+    paths["cmyk"] = str(folder / "cmyk.jpg")
+    rotated = Image.fromarray(scene(4, size=(40, 90)))  # 90 wide, 40 high as stored
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    rotated.save(folder / "rotated.jpg", exif=exif)
+    paths["rotated"] = str(folder / "rotated.jpg")
+    return paths
+
+
+def read_table(output: Path, name: str):
+    files = sorted((output / name).glob("*.parquet"))
+    assert files, f"no {name} files under {output}"
+    return pq.read_table([str(f) for f in files]) if len(files) > 1 else pq.read_table(files[0])
+
+
+def run(args: list[str]) -> None:
+    assert main(["--runner=DirectRunner", *args]) == 0
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    good = write_good_images(root / "good")
+    bad = write_bad_images(root / "bad")
+    odd = write_odd_but_valid(root / "odd")
+    missing = str(root / "nowhere" / "missing.png")
+    manifest = root / "manifest.txt"
+    manifest.write_text("\n".join([*bad.values(), *odd.values(), missing, good[0]]) + "\n")
+    output = root / "out"
+    args = [
+        f"--input={root / 'good'}",
+        f"--input={manifest}",
+        f"--output={output}",
+        f"--checkpoint={FIXTURES / 'sam_tiny.pth'}",
+        *FAST,
+    ]
+    run([*args, "--run_id=first"])
+    return {
+        "root": root,
+        "output": output,
+        "args": args,
+        "good": good,
+        "bad": bad,
+        "odd": odd,
+        "missing": missing,
+    }
+
+
+def test_every_input_is_mined_or_failed_exactly_once(mined):
+    images = read_table(mined["output"], "images").to_pylist()
+    errors = read_table(mined["output"], "errors").to_pylist()
+    mined_uris = [r["image_uri"] for r in images]
+    failed_uris = [r["image_uri"] for r in errors]
+    inputs = {*mined["good"], *mined["bad"].values(), *mined["odd"].values(), mined["missing"]}
+    assert sorted(mined_uris + failed_uris) == sorted(inputs)
+    assert set(mined_uris) == {*mined["good"], *mined["odd"].values()}
+
+
+def test_bad_inputs_have_readable_error_rows(mined):
+    errors = {r["image_uri"]: r for r in read_table(mined["output"], "errors").to_pylist()}
+    assert errors[mined["missing"]]["stage"] == "read"
+    for name, path in mined["bad"].items():
+        row = errors[path]
+        assert row["stage"] == "decode", (name, row)
+        assert len(row["error"]) > 10 and row["run_id"] == "first"
+    assert "max_pixels" in errors[mined["bad"]["bomb"]]["error"]
+
+
+def test_odd_images_are_mined_with_their_displayed_size(mined):
+    images = {r["image_uri"]: r for r in read_table(mined["output"], "images").to_pylist()}
+    rotated = images[mined["odd"]["rotated"]]
+    assert (rotated["image_width"], rotated["image_height"]) == (40, 90)
+    assert (
+        images[mined["odd"]["deep"]]["image_width"],
+        images[mined["odd"]["deep"]]["image_height"],
+    ) == (40, 50)
+
+
+def test_masks_decode_to_their_area_and_box(mined):
+    masks = read_table(mined["output"], "masks").to_pylist()
+    images = {r["image_uri"]: r for r in read_table(mined["output"], "images").to_pylist()}
+    assert len(masks) >= len(images)
+    per_image = {}
+    for m in masks:
+        rle = {"size": m["segmentation"]["size"], "counts": m["segmentation"]["counts"]}
+        mask = mask_utils.decode(rle).astype(bool)
+        image = images[m["image_uri"]]
+        assert mask.shape == (image["image_height"], image["image_width"])
+        assert int(mask.sum()) == m["area"]
+        x0, y0, x1, y1 = masks_to_boxes(torch.from_numpy(mask)).tolist()
+        assert m["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+        assert m["image_sha256"] == image["image_sha256"]
+        assert m["checkpoint_sha256"] and m["model_type"] == "custom"
+        assert '"points_per_side": 6' in m["generator_params"]
+        per_image[m["image_uri"]] = per_image.get(m["image_uri"], 0) + 1
+    for uri, image in images.items():
+        assert image["masks_kept"] == per_image.get(uri, 0)
+        assert image["masks_generated"] >= image["masks_kept"]
+
+
+def test_same_run_twice_gives_the_same_mask_ids(mined, tmp_path):
+    output = tmp_path / "again"
+    args = [a if not a.startswith("--output=") else f"--output={output}" for a in mined["args"]]
+    run([*args, "--run_id=second"])
+    first = sorted(read_table(mined["output"], "masks").column("mask_id").to_pylist())
+    second = sorted(read_table(output, "masks").column("mask_id").to_pylist())
+    assert first == second
+    assert len(set(first)) == len(first)
+
+
+def test_skip_existing_mines_only_what_is_missing(mined, tmp_path):
+    output = tmp_path / "resumed"
+    common = [f"--output={output}", f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", *FAST]
+    # An earlier run that got through part of the images only.
+    run([f"--input={mined['good'][0]}", f"--input={mined['good'][1]}", *common, "--run_id=a"])
+    run([f"--input={mined['root'] / 'good'}", *common, "--run_id=b", "--skip_existing"])
+    images = read_table(output, "images").to_pylist()
+    uris = sorted(r["image_uri"] for r in images)
+    assert uris == sorted(mined["good"])
+    runs = {r["image_uri"]: r["run_id"] for r in images}
+    assert runs[mined["good"][2]] == "b" and runs[mined["good"][0]] == "a"
+    masks = read_table(output, "masks").to_pylist()
+    assert {(m["image_uri"], m["run_id"]) for m in masks} <= set(runs.items())

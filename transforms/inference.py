@@ -1,0 +1,218 @@
+"""SAM automatic mask generation under Beam's RunInference.
+
+`SamModelHandler` loads the model once per worker process (or once per machine
+with `share_across_processes`, so a GPU holds one copy), batches decoded images
+for the encoder, and returns one `MinedImage` per image, or a `Failure` for an
+image the generator could not process: one bad image never costs its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apache_beam as beam
+import torch
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from sam_core import build_sam
+from sam_core.generator import AutomaticMaskGenerator
+
+from .records import DecodedImage, Failure
+
+_LOG = logging.getLogger(__name__)
+NAMESPACE = "maskmine"
+
+
+@dataclasses.dataclass
+class MinedImage:
+    """Masks of one image, as the generator's records (coco_rle segmentation).
+
+    masks_generated counts the generator's output before the pipeline's own
+    filters; `masks` shrinks as they run. model_type and checkpoint_sha256 say
+    which weights produced them.
+    """
+
+    uri: str
+    sha256: str
+    width: int
+    height: int
+    masks: list[dict]
+    masks_generated: int
+    decode_seconds: float
+    inference_seconds: float
+    model_type: str
+    checkpoint_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What to load: checkpoint URI (any FileSystems path) and/or model type."""
+
+    checkpoint: str | None
+    model_type: str | None = None
+    precision: str = "fp32"
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class _LoadedModel:
+    """The generator plus the facts about the model that go into provenance."""
+
+    def __init__(self, generator: AutomaticMaskGenerator, model_type: str, sha256: str) -> None:
+        self.generator = generator
+        self.model_type = model_type
+        self.checkpoint_sha256 = sha256
+
+
+class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
+    """RunInference handler: DecodedImage batches -> MinedImage | Failure.
+
+    generator_params: AutomaticMaskGenerator parameters by the reference's names.
+    max_batch_size: images per encoder batch (Beam's default cap is 10000).
+    share_across_processes: one model per machine instead of per SDK process
+        (set on GPU workers, where each process would otherwise hold a copy).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        generator_params: dict[str, Any],
+        max_batch_size: int = 4,
+        share_across_processes: bool = False,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        super().__init__(
+            min_batch_size=1,
+            max_batch_size=max_batch_size,
+            large_model=share_across_processes,
+        )
+        self.spec = spec
+        self.generator_params = dict(generator_params)
+        self._failed = Metrics.counter(NAMESPACE, "inference_failed")
+        self._mined = Metrics.counter(NAMESPACE, "images_mined")
+        self._masks = Metrics.counter(NAMESPACE, "masks_generated")
+        self._latency = Metrics.distribution(NAMESPACE, "inference_ms_per_image")
+
+    def load_model(self) -> _LoadedModel:
+        device = resolve_device(self.spec.device)
+        t0 = time.perf_counter()
+        model = build_sam(
+            self.spec.model_type, self.spec.checkpoint, device=device, opener=FileSystems.open
+        )
+        generator = AutomaticMaskGenerator(
+            model,
+            output_mode="coco_rle",
+            precision=self.spec.precision,
+            encoder_batch_size=self._batching_kwargs.get("max_batch_size", 4),
+            **self.generator_params,
+        )
+        _LOG.info(
+            "loaded SAM %s (%s) on %s in %.1f s",
+            model.model_type,
+            self.spec.checkpoint or "random weights",
+            device,
+            time.perf_counter() - t0,
+        )
+        return _LoadedModel(generator, model.model_type, model.checkpoint_sha256 or "")
+
+    def run_inference(
+        self,
+        batch: Sequence[DecodedImage],
+        model: _LoadedModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[MinedImage | Failure]:
+        t0 = time.perf_counter()
+        try:
+            per_image = model.generator.generate_batch([im.pixels for im in batch])
+            seconds = [(time.perf_counter() - t0) / len(batch)] * len(batch)
+        except Exception:  # one image may be at fault: retry them one by one
+            _LOG.warning("batch of %d failed; retrying image by image", len(batch))
+            per_image, seconds = [], []
+            for image in batch:
+                t1 = time.perf_counter()
+                try:
+                    per_image.append(model.generator.generate(image.pixels))
+                except Exception as e:
+                    per_image.append(e)
+                seconds.append(time.perf_counter() - t1)
+        results: list[MinedImage | Failure] = []
+        for image, masks, secs in zip(batch, per_image, seconds):
+            if isinstance(masks, Exception):
+                self._failed.inc()
+                results.append(Failure(image.uri, "inference", f"{type(masks).__name__}: {masks}"))
+                continue
+            self._mined.inc()
+            self._masks.inc(len(masks))
+            self._latency.update(int(secs * 1000))
+            results.append(
+                MinedImage(
+                    uri=image.uri,
+                    sha256=image.sha256,
+                    width=image.width,
+                    height=image.height,
+                    masks=masks,
+                    masks_generated=len(masks),
+                    decode_seconds=image.decode_seconds,
+                    inference_seconds=secs,
+                    model_type=model.model_type,
+                    checkpoint_sha256=model.checkpoint_sha256,
+                )
+            )
+        return results
+
+    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
+        return sum(im.pixels.nbytes for im in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+
+class _SplitResults(beam.DoFn):
+    def process(self, element):
+        if isinstance(element, Failure):
+            yield beam.pvalue.TaggedOutput("errors", element)
+        else:
+            yield element
+
+
+class _BatchFailures(beam.DoFn):
+    """A batch that failed inside RunInference itself (e.g. the model would not
+    load): every image of it becomes an error row."""
+
+    def process(self, element):
+        batch, exception = element
+        for image in batch:
+            yield Failure(image.uri, "inference", f"{type(exception).__name__}: {exception}")
+
+
+class MineMasks(beam.PTransform):
+    """DecodedImage -> tagged outputs "mined" (MinedImage) and "errors" (Failure)."""
+
+    def __init__(self, handler: SamModelHandler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, images):
+        results, dead_letters = (
+            images | "RunInference" >> RunInference(self.handler).with_exception_handling()
+        )
+        split = results | "SplitFailures" >> beam.ParDo(_SplitResults()).with_outputs(
+            "errors", main="mined"
+        )
+        batch_failures = dead_letters.failed_inferences | "BatchFailures" >> beam.ParDo(
+            _BatchFailures()
+        )
+        errors = (split.errors, batch_failures) | "InferenceErrors" >> beam.Flatten()
+        return {"mined": split.mined, "errors": errors}
