@@ -1,0 +1,98 @@
+"""Quality filtering and per-image deduplication of mined masks."""
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from transforms.inference import MinedImage
+from transforms.postprocess import QualityThresholds, deduplicate_masks, filter_masks
+
+
+def record(box, iou=0.9, stability=0.97, size=(20, 30)):
+    """A mask filling the XYXY (inclusive) box, as the generator's coco_rle record."""
+    h, w = size
+    mask = np.zeros((h, w), np.uint8)
+    x0, y0, x1, y1 = box
+    mask[y0 : y1 + 1, x0 : x1 + 1] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode()
+    return {
+        "segmentation": rle,
+        "area": int(mask.sum()),
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "predicted_iou": iou,
+        "stability_score": stability,
+        "point_coords": [[x0, y0]],
+        "crop_box": [0, 0, w, h],
+    }
+
+
+def image(masks, size=(20, 30)):
+    return MinedImage("u", "s", size[1], size[0], masks, len(masks), 0.0, 0.0, "custom", "x")
+
+
+def test_default_thresholds_keep_everything_even_negative_scores():
+    masks = [record((0, 0, 5, 5), iou=-2.0, stability=0.1), record((3, 3, 9, 9))]
+    assert filter_masks(image(masks), QualityThresholds()).masks == masks
+
+
+def test_score_and_area_thresholds():
+    small = record((0, 0, 1, 1))  # 4 px of 600
+    big = record((0, 0, 29, 19))  # the whole image
+    weak = record((5, 5, 15, 15), iou=0.5)
+    unstable = record((5, 5, 15, 15), stability=0.8)
+    good = record((5, 5, 15, 15))
+    thresholds = QualityThresholds(
+        min_predicted_iou=0.88,
+        min_stability_score=0.95,
+        min_area_fraction=0.01,
+        max_area_fraction=0.95,
+    )
+    out = filter_masks(image([small, big, weak, unstable, good]), thresholds)
+    assert out.masks == [good]
+    assert out.masks_generated == 5  # the count before filtering is kept
+
+
+def test_thresholds_are_inclusive():
+    exact = record((5, 5, 15, 15), iou=0.88, stability=0.95)
+    out = filter_masks(image([exact]), QualityThresholds(0.88, 0.95))
+    assert out.masks == [exact]
+
+
+def test_bad_area_fractions():
+    with pytest.raises(ValueError, match="max_area_fraction"):
+        QualityThresholds(min_area_fraction=0.5, max_area_fraction=0.2)
+
+
+@pytest.mark.parametrize("by", ["box", "mask"])
+def test_dedup_keeps_the_better_of_overlapping_masks(by):
+    a = record((0, 0, 10, 10), iou=0.8)
+    b = record((0, 0, 10, 9), iou=0.95)  # IoU with a: 110 / 121
+    c = record((20, 10, 25, 15), iou=0.7)  # elsewhere
+    out = deduplicate_masks(image([a, b, c]), iou_threshold=0.7, by=by)
+    assert out.masks == [b, c]
+    # Above the overlap, nothing is dropped.
+    assert len(deduplicate_masks(image([a, b, c]), iou_threshold=0.95, by=by).masks) == 3
+
+
+def test_box_and_mask_iou_differ_for_an_l_shape():
+    # Same bounding box, little pixel overlap: box NMS drops one, mask NMS keeps both.
+    full = record((0, 0, 10, 10), iou=0.9)
+    thin = record((0, 0, 10, 10), iou=0.8)
+    h, w = 20, 30
+    mask = np.zeros((h, w), np.uint8)
+    mask[0, 0:11] = 1
+    mask[0:11, 0] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode()
+    thin.update(segmentation=rle, area=int(mask.sum()))
+    assert len(deduplicate_masks(image([full, thin]), 0.7, by="box").masks) == 1
+    assert len(deduplicate_masks(image([full, thin]), 0.7, by="mask").masks) == 2
+
+
+def test_dedup_of_zero_or_one_mask_and_bad_mode():
+    assert deduplicate_masks(image([]), 0.7).masks == []
+    one = [record((1, 1, 4, 4))]
+    assert deduplicate_masks(image(one), 0.7).masks == one
+    with pytest.raises(ValueError, match="'box' or 'mask'"):
+        deduplicate_masks(image(one * 2), 0.7, by="pixels")
