@@ -5,6 +5,7 @@ Only wiring lives here; each step is a transform from `transforms/`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import logging
@@ -22,7 +23,14 @@ from transforms.decode import DecodeImages
 from transforms.inference import NAMESPACE, MineMasks, ModelSpec, SamModelHandler
 from transforms.postprocess import DeduplicateMasks, FilterMasks, QualityThresholds
 from transforms.read import ImageURIs
-from transforms.sinks import Provenance, WriteTable, error_row, image_row, mask_rows
+from transforms.sinks import (
+    Provenance,
+    WriteTable,
+    embedding_rows,
+    error_row,
+    image_row,
+    mask_rows,
+)
 
 from .options import MaskMineOptions, generator_params, generator_params_json
 
@@ -120,6 +128,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
         generator_params(options),
         max_batch_size=options.inference_batch_size,
         share_across_processes=options.share_model_across_processes,
+        keep_embeddings=options.embeddings,
     )
     mined = decoded["images"] | "Mine" >> MineMasks(handler)
     kept = (
@@ -137,6 +146,17 @@ def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
         | "Dedup" >> DeduplicateMasks(options.dedup_iou_thresh, options.dedup_by)
     )
     run = options.run_id
+    if options.embeddings:
+        (
+            kept
+            | "EmbeddingRows" >> beam.FlatMap(embedding_rows, provenance)
+            | "WriteEmbeddings"
+            >> WriteTable(options.output, "embeddings", tables.EMBEDDINGS_SCHEMA, run)
+        )
+        # Later steps need no pixels of embeddings: drop them before the other sinks.
+        kept = kept | "DropEmbeddings" >> beam.Map(
+            lambda im: dataclasses.replace(im, embedding=None)
+        )
     (
         kept
         | "MaskRows" >> beam.FlatMap(mask_rows, provenance)

@@ -50,6 +50,12 @@ class MaskMineOptions(PipelineOptions):
             help="Reject larger images before decoding them (decompression bombs).",
         )
         io.add_argument("--run_id", default=None, help="Default: UTC time plus a random suffix.")
+        io.add_argument(
+            "--embeddings",
+            action="store_true",
+            help="Also write each image's SAM embedding (float16) to OUTPUT/embeddings/, "
+            "for interactive tools to prompt without re-encoding.",
+        )
 
         model = parser.add_argument_group("model")
         model.add_argument(

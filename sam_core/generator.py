@@ -144,11 +144,15 @@ class AutomaticMaskGenerator:
         """Masks of one (H, W, 3) uint8 RGB image, as records (see `generate_batch`)."""
         return self.generate_batch([image])[0]
 
-    def generate_batch(self, images: Sequence[np.ndarray]) -> list[list[dict]]:
+    def generate_batch(
+        self, images: Sequence[np.ndarray], embeddings_out: list | None = None
+    ) -> list[list[dict]]:
         """Masks of several images; the crops of all images share encoder batches.
 
         Each record: segmentation (per output_mode), area (px), bbox XYWH,
         predicted_iou, point_coords [[x, y]], stability_score, crop_box XYWH.
+        If `embeddings_out` is a list, each image's whole-image `ImageEmbedding`
+        (crop layer 0, computed anyway) is appended to it, in image order.
         """
         for image in images:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -163,13 +167,19 @@ class AutomaticMaskGenerator:
             jobs.extend((i, box, layer) for box, layer in zip(boxes, layers))
 
         per_image: list[list[_Masks]] = [[] for _ in images]
+        whole_image: dict[int, ImageEmbedding] = {}
         for start in range(0, len(jobs), self.encoder_batch_size):
             chunk = jobs[start : start + self.encoder_batch_size]
             crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in chunk]
             embeddings = self.predictor.encode(crops)
             for (i, box, layer), embedding in zip(chunk, embeddings):
                 per_image[i].append(self._crop_masks(embedding, box, layer, images[i].shape[:2]))
+                if layer == 0 and embeddings_out is not None:
+                    embedding.decoder_caches.clear()  # only the features are kept
+                    whole_image[i] = embedding
             del embeddings
+        if embeddings_out is not None:
+            embeddings_out.extend(whole_image[i] for i in range(len(images)))
         return [self._finish(parts, len(parts)) for parts in per_image]
 
     def _finish(self, parts: list[_Masks], n_crops: int) -> list[dict]:

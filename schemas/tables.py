@@ -128,10 +128,30 @@ ERRORS_SCHEMA = _schema(
     ],
 )
 
+EMBEDDINGS_SCHEMA = _schema(
+    "embeddings",
+    [
+        _field("image_uri", pa.string(), "image the embedding is of"),
+        _field("image_sha256", pa.string(), "sha256 (hex) of the image file bytes"),
+        _field("model_type", pa.string(), "SAM variant, e.g. vit_h"),
+        _field("checkpoint_sha256", pa.string(), "sha256 (hex) of the checkpoint file"),
+        _field(
+            "input_size",
+            _list(pa.int32()),
+            "(height, width) of the resized image inside the padded encoder input",
+            shape="2",
+        ),
+        _field("shape", _list(pa.int32()), "embedding shape (C, h, w)", shape="3"),
+        _field("embedding", pa.binary(), "float16 little-endian, C order, of `shape`"),
+        *_run_fields(),
+    ],
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "masks": MASKS_SCHEMA,
     "images": IMAGES_SCHEMA,
     "errors": ERRORS_SCHEMA,
+    "embeddings": EMBEDDINGS_SCHEMA,
 }
 
 

@@ -207,3 +207,33 @@ def test_skip_existing_mines_only_what_is_missing(mined, tmp_path):
     assert runs[mined["good"][2]] == "b" and runs[mined["good"][0]] == "a"
     masks = read_table(output, "masks").to_pylist()
     assert {(m["image_uri"], m["run_id"]) for m in masks} <= set(runs.items())
+
+
+def test_embeddings_sink_holds_each_images_encoder_output(mined, tmp_path):
+    from sam_core import SamPredictor, build_sam
+    from transforms.decode import decode_image_bytes
+
+    output = tmp_path / "with_embeddings"
+    checkpoint = FIXTURES / "sam_tiny.pth"
+    run(
+        [
+            f"--input={mined['root'] / 'good'}",
+            f"--output={output}",
+            f"--checkpoint={checkpoint}",
+            "--embeddings",
+            *FAST,
+        ]
+    )
+    rows = read_table(output, "embeddings").to_pylist()
+    assert sorted(r["image_uri"] for r in rows) == sorted(mined["good"])
+    predictor = SamPredictor(build_sam(checkpoint=checkpoint))
+    for row in rows:
+        stored = np.frombuffer(row["embedding"], dtype="<f2").reshape(row["shape"])
+        pixels = decode_image_bytes(Path(row["image_uri"]).read_bytes())
+        expected = predictor.encode([pixels])[0]
+        assert list(row["input_size"]) == list(expected.input_size)
+        np.testing.assert_allclose(
+            stored.astype(np.float32), expected.features.numpy(), atol=2e-2, rtol=1e-2
+        )
+    # Masks are written as without --embeddings.
+    assert len(read_table(output, "masks")) > 0

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import torch
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -48,6 +49,10 @@ class MinedImage:
     inference_seconds: float
     model_type: str
     checkpoint_sha256: str
+    # Whole-image embedding (C, h, w) float16 and the resized (h, w) inside the
+    # encoder input, when the run keeps embeddings.
+    embedding: np.ndarray | None = None
+    input_size: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +95,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
         generator_params: dict[str, Any],
         max_batch_size: int = 4,
         share_across_processes: bool = False,
+        keep_embeddings: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -100,6 +106,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
         )
         self.spec = spec
         self.generator_params = dict(generator_params)
+        self.keep_embeddings = keep_embeddings
         self._failed = Metrics.counter(NAMESPACE, "inference_failed")
         self._mined = Metrics.counter(NAMESPACE, "images_mined")
         self._masks = Metrics.counter(NAMESPACE, "masks_generated")
@@ -134,21 +141,29 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[MinedImage | Failure]:
         t0 = time.perf_counter()
+        embeddings: list | None = [] if self.keep_embeddings else None
         try:
-            per_image = model.generator.generate_batch([im.pixels for im in batch])
+            per_image = model.generator.generate_batch([im.pixels for im in batch], embeddings)
             seconds = [(time.perf_counter() - t0) / len(batch)] * len(batch)
         except Exception:  # one image may be at fault: retry them one by one
             _LOG.warning("batch of %d failed; retrying image by image", len(batch))
             per_image, seconds = [], []
+            embeddings = [] if self.keep_embeddings else None
             for image in batch:
                 t1 = time.perf_counter()
+                one: list | None = [] if self.keep_embeddings else None
                 try:
-                    per_image.append(model.generator.generate(image.pixels))
+                    per_image.append(model.generator.generate_batch([image.pixels], one)[0])
                 except Exception as e:
                     per_image.append(e)
+                    one = [None]
+                if embeddings is not None:
+                    embeddings.extend(one)
                 seconds.append(time.perf_counter() - t1)
         results: list[MinedImage | Failure] = []
-        for image, masks, secs in zip(batch, per_image, seconds):
+        if embeddings is None:
+            embeddings = [None] * len(batch)
+        for image, masks, secs, emb in zip(batch, per_image, seconds, embeddings):
             if isinstance(masks, Exception):
                 self._failed.inc()
                 results.append(Failure(image.uri, "inference", f"{type(masks).__name__}: {masks}"))
@@ -168,6 +183,8 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
                     inference_seconds=secs,
                     model_type=model.model_type,
                     checkpoint_sha256=model.checkpoint_sha256,
+                    embedding=None if emb is None else emb.features.to(torch.float16).cpu().numpy(),
+                    input_size=None if emb is None else tuple(emb.input_size),
                 )
             )
         return results

@@ -1,6 +1,6 @@
 """Rows of the three output tables and the Parquet sinks that write them.
 
-Files go to OUTPUT/{masks,images,errors}/part-RUNID-SSSSS-of-NNNNN.parquet
+Files go to OUTPUT/{masks,images,errors,embeddings}/part-RUNID-SSSSS-of-NNNNN.parquet
 (zstd): each run writes its own files, so a resumed run adds to the tables
 instead of replacing them.
 """
@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
@@ -76,6 +77,26 @@ def image_row(image: MinedImage, provenance: Provenance) -> dict:
         "run_id": provenance.run_id,
         "created_at": provenance.created_at,
     }
+
+
+def embedding_rows(image: MinedImage, provenance: Provenance) -> list[dict]:
+    """The embeddings-table row of a mined image, if its embedding was kept."""
+    if image.embedding is None:
+        return []
+    embedding = np.ascontiguousarray(image.embedding, dtype="<f2")
+    return [
+        {
+            "image_uri": image.uri,
+            "image_sha256": image.sha256,
+            "model_type": image.model_type,
+            "checkpoint_sha256": image.checkpoint_sha256,
+            "input_size": [int(v) for v in image.input_size],
+            "shape": [int(v) for v in embedding.shape],
+            "embedding": embedding.tobytes(),
+            "run_id": provenance.run_id,
+            "created_at": provenance.created_at,
+        }
+    ]
 
 
 def error_row(failure: Failure, provenance: Provenance) -> dict:
