@@ -17,6 +17,7 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import TestOptions
 
 from schemas import tables
 from transforms.decode import DecodeImages
@@ -70,7 +71,10 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
                 f"({BUNDLED_CHECKPOINT}); pass --checkpoint PATH to an official SAM checkpoint"
             )
         options.checkpoint = str(BUNDLED_CHECKPOINT)
-    if options.checkpoint and not FileSystems.exists(options.checkpoint):
+    dry_run = options.view_as(TestOptions).dry_run
+    # A dry run builds the job offline: don't ask the bucket (the credential
+    # lookup alone stalls without a network).
+    if options.checkpoint and not dry_run and not FileSystems.exists(options.checkpoint):
         raise ConfigError(f"checkpoint not found: {options.checkpoint}")
     if options.run_id is None:
         options.run_id = new_run_id()

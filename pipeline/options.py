@@ -26,6 +26,17 @@ GENERATOR_PARAMS: dict[str, tuple[type, object]] = {
 }
 
 
+def parse_bool(value: str) -> bool:
+    """Flags take no value on the command line, or an explicit one (flex templates
+    pass every parameter as --name=value)."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 class MaskMineOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
@@ -40,7 +51,10 @@ class MaskMineOptions(PipelineOptions):
         io.add_argument("--output", default="out", help="Output folder (local or gs://).")
         io.add_argument(
             "--skip_existing",
-            action="store_true",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
             help="Skip images already in OUTPUT/images/ (resume an interrupted run).",
         )
         io.add_argument(
@@ -52,7 +66,10 @@ class MaskMineOptions(PipelineOptions):
         io.add_argument("--run_id", default=None, help="Default: UTC time plus a random suffix.")
         io.add_argument(
             "--embeddings",
-            action="store_true",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
             help="Also write each image's SAM embedding (float16) to OUTPUT/embeddings/, "
             "for interactive tools to prompt without re-encoding.",
         )
@@ -79,7 +96,10 @@ class MaskMineOptions(PipelineOptions):
         )
         model.add_argument(
             "--share_model_across_processes",
-            action="store_true",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
             help="One model copy per machine (GPU workers with several SDK processes).",
         )
 
