@@ -79,8 +79,8 @@ def match_records(
     )
 
 
-def reference_records(checkpoint: str, image: np.ndarray, **params) -> list[dict]:
-    """Run the reference SamAutomaticMaskGenerator (coco_rle output) on one image."""
+def reference_generator(checkpoint: str, **params):
+    """The reference SamAutomaticMaskGenerator (coco_rle output) on `checkpoint`."""
     import torch
     from segment_anything import SamAutomaticMaskGenerator
 
@@ -90,6 +90,12 @@ def reference_records(checkpoint: str, image: np.ndarray, **params) -> list[dict
     config = build_sam(checkpoint=checkpoint).config
     model = build_reference(config)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
-    generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+    return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+
+
+def reference_records(checkpoint: str, image: np.ndarray, **params) -> list[dict]:
+    """Run the reference generator on one image."""
+    import torch
+
     with torch.no_grad():
-        return generator.generate(image)
+        return reference_generator(checkpoint, **params).generate(image)
