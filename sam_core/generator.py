@@ -241,9 +241,8 @@ class AutomaticMaskGenerator:
                 self.box_nms_thresh,
             )
             data = data.select(keep)
-        offset = torch.tensor(crop_box[:2] * 2, device=data.boxes.device)
-        data.boxes = data.boxes + offset
-        data.points = data.points + torch.tensor(crop_box[:2], dtype=torch.float64)
+        data.boxes = mask_ops.uncrop_boxes_xyxy(data.boxes, crop_box)
+        data.points = mask_ops.uncrop_points(data.points, crop_box)
         return data
 
     def _filter_batch(
