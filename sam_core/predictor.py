@@ -15,9 +15,9 @@ from .allocator import keep_freed_memory
 from .preprocess import (
     boxes_to_input_frame,
     coords_to_input_frame,
+    interpolate_masks,
     normalize_and_pad,
     resize_longest_side,
-    upscale_masks,
 )
 from .sam import Sam
 from .transformer import ImageCache
@@ -244,7 +244,7 @@ class SamPredictor:
         ):
             low_res, iou = batch.low_res_logits, batch.iou_predictions
             with torch.inference_mode():
-                masks = upscale_masks(
+                masks = interpolate_masks(
                     low_res, embedding.input_size, embedding.original_size, self.model.image_size
                 )
             mask_parts.append(masks if return_logits else masks > 0.0)

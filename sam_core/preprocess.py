@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 # RGB, 0..255 scale.
@@ -63,6 +64,23 @@ def normalize_and_pad(images: list[torch.Tensor], image_size: int) -> torch.Tens
         h, w = image.shape[-2:]
         batch[i, :, :h, :w] = (image - mean) / std
     return batch
+
+
+def interpolate_masks(
+    low_res: torch.Tensor,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+) -> torch.Tensor:
+    """(B, M, s, s) low-res logits -> (B, M, H, W), computed as the original model
+    does: bilinear to the padded input square, crop, bilinear to the original size.
+
+    The predictor returns these, bit for bit the reference's values; the mask
+    generator uses the faster `upscale_masks`.
+    """
+    masks = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
 
 
 def bilinear_matrix(out_size: int, in_size: int) -> torch.Tensor:

@@ -162,14 +162,10 @@ def test_encode_of_nothing_is_empty(model):
     [((256, 183), (70, 50)), ((94, 256), (33, 90)), ((256, 256), (512, 512))],
 )
 def test_upscale_equals_the_two_bilinear_interpolations(input_size, original_size):
-    import torch.nn.functional as F
-
-    from sam_core.preprocess import upscale_masks
+    from sam_core.preprocess import interpolate_masks, upscale_masks
 
     def two_interpolations(x):
-        x = F.interpolate(x, (256, 256), mode="bilinear", align_corners=False)
-        x = x[..., : input_size[0], : input_size[1]]
-        return F.interpolate(x, original_size, mode="bilinear", align_corners=False)
+        return interpolate_masks(x, input_size, original_size, 256)
 
     low = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 5
     truth = two_interpolations(low.double())

@@ -1,0 +1,593 @@
+"""Train a small SAM on synthetic scenes (sam_core.scenes) on the CPU.
+
+The SAM recipe, scaled down: prompts are single foreground points (ambiguous:
+three masks, the loss flows through the best one), a few points, or noisy boxes
+(one mask); then corrective points sampled from the error region of the previous
+prediction, with the previous low-res logits fed back as the mask prompt. Mask
+loss 20 x focal + 1 x dice, computed on logits upsampled to the image size the
+same way inference does; IoU head trained with MSE to the actual IoU of the
+thresholded mask. AdamW, linear warm-up then cosine decay over the wall-clock
+budget, gradient clipping, bf16 autocast with float32 master weights.
+
+Usage:
+    python -m sam_core.train --out sam_core/weights/sam_synthetic.pth --minutes 25 --seed 0
+
+Scenes are drawn with seeds in [0, scenes.EVAL_SEED_START); evaluation uses seeds
+from EVAL_SEED_START on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .build import save_state_dict
+from .config import SamConfig
+from .preprocess import normalize_and_pad
+from .sam import Sam
+from .scenes import EVAL_SEED_START, generate_scene
+from .transformer import Attention as TwoWayAttention
+
+# The trained checkpoint's config. decoder_num_heads stays 8: build_sam infers the
+# config from tensor shapes and cannot see head counts.
+SYNTHETIC_CONFIG = SamConfig(
+    image_size=256,
+    patch_size=16,
+    encoder_embed_dim=128,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(1, 3),
+    window_size=8,
+    prompt_embed_dim=128,
+    mask_in_chans=16,
+    decoder_num_heads=8,
+    decoder_mlp_dim=512,
+    iou_head_hidden_dim=128,
+)
+
+DECODER_QK_GAIN = 3.0
+FOCAL_WEIGHT = 20.0
+DICE_WEIGHT = 1.0
+LABEL_FG, LABEL_BG, LABEL_PAD = 1, 0, -1
+# Parameters that are tables or tokens rather than weights: no weight decay.
+_NO_DECAY = (
+    "pos_embed",
+    "rel_pos",
+    "point_embeddings",
+    "not_a_point_embed",
+    "no_mask_embed",
+    "iou_token",
+    "mask_tokens",
+)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Training hyper-parameters (see the module docstring for the recipe)."""
+
+    minutes: float = 25.0
+    seed: int = 0
+    batch_images: int = 8
+    prompts_per_image: int = 4
+    rounds: int = 2  # 1 initial prompt + (rounds - 1) corrective points
+    # Side of the square on which mask losses are computed: low-res logits are
+    # upsampled to it (bilinear, as inference does), targets area-downsampled and
+    # thresholded at half coverage, so they stay hard.
+    loss_size: int = 128
+    # Fractions of the initial prompt kinds: one fg point (multimask), 2-3 points, noisy box.
+    kind_probs: tuple[float, float, float] = (0.5, 0.15, 0.35)
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    clip_norm: float = 1.0
+    bf16: bool = True
+    log_every: int = 25
+    threads: int = 2  # at most; see ThreadTuner
+
+
+# ---------------------------------------------------------------- losses
+
+
+def focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Sigmoid focal loss averaged over pixels: (..., H, W) logits, 0/1 targets -> (...)."""
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * (1 - p_t) ** gamma * ce).mean(dim=(-2, -1))
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft dice of sigmoid(logits) with targets: (..., H, W) -> (...)."""
+    p = torch.sigmoid(logits)
+    inter = (p * targets).sum(dim=(-2, -1))
+    total = p.sum(dim=(-2, -1)) + targets.sum(dim=(-2, -1))
+    return 1 - (2 * inter + smooth) / (total + smooth)
+
+
+def mask_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """20 x focal + 1 x dice: (..., H, W) -> (...)."""
+    return FOCAL_WEIGHT * focal_loss(logits, targets) + DICE_WEIGHT * dice_loss(logits, targets)
+
+
+def mask_iou(masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU of bool masks with 0/1 targets: (..., H, W) -> (...); 0 when both are empty."""
+    masks = masks.float()
+    inter = (masks * targets).sum(dim=(-2, -1))
+    union = masks.sum(dim=(-2, -1)) + targets.sum(dim=(-2, -1)) - inter
+    return inter / union.clamp(min=1.0)
+
+
+def select_best(losses: torch.Tensor) -> torch.Tensor:
+    """(P, M) per-output mask losses -> (P,) index of the lowest-loss output."""
+    return losses.argmin(dim=1)
+
+
+# ---------------------------------------------------------------- prompts
+
+
+@dataclasses.dataclass
+class PromptGroup:
+    """P prompts of one kind (same token count), against masks of the batch's images.
+
+    image_index: (P,) int64 image of each prompt; targets: (P, L, L) float32 0/1 at
+    the loss resolution L.
+    coords: (P, N, 2) xy pixels; labels: (P, N) int64 (1 fg, 0 bg, -1 pad).
+    boxes: (P, 4) XYXY pixels or None; mask_input: (P, 1, s, s) logits or None.
+    multimask: three outputs on the first round (single-point prompts).
+    """
+
+    image_index: torch.Tensor
+    targets: torch.Tensor
+    coords: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor | None
+    multimask: bool
+    mask_input: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class Batch:
+    """images: (B, 3, S, S) normalised encoder input; groups: prompts on them."""
+
+    images: torch.Tensor
+    groups: list[PromptGroup]
+
+
+def _random_pixel(rng: np.random.Generator, region: np.ndarray) -> tuple[int, int] | None:
+    """(x, y) of a uniformly random True pixel of an (H, W) bool region, or None."""
+    ys, xs = np.nonzero(region)
+    if len(ys) == 0:
+        return None
+    i = int(rng.integers(len(ys)))
+    return int(xs[i]), int(ys[i])
+
+
+def _box_of(mask: np.ndarray) -> np.ndarray:
+    """(4,) float32 XYXY box of an (H, W) bool mask (max inclusive)."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+
+
+def noisy_box(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """The mask's box with each side moved by N(0, 10% of the side), at most 20 px."""
+    box = _box_of(mask)
+    w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
+    std = 0.1 * np.array([w, h, w, h], dtype=np.float32)
+    box = box + np.clip(rng.normal(0.0, 1.0, 4) * std, -20, 20).astype(np.float32)
+    size = np.array(mask.shape[::-1] * 2, dtype=np.float32) - 1
+    return np.clip(box, 0, size)
+
+
+def _extra_points(
+    rng: np.random.Generator, mask: np.ndarray, count: int
+) -> list[tuple[int, int, int]]:
+    """`count` extra (x, y, label) points: fg inside the mask or bg just around it."""
+    x0, y0, x1, y1 = _box_of(mask).astype(int)
+    pad = max(4, (x1 - x0 + y1 - y0) // 4)
+    near = np.zeros_like(mask)
+    near[max(0, y0 - pad) : y1 + pad + 1, max(0, x0 - pad) : x1 + pad + 1] = True
+    points = []
+    for _ in range(count):
+        label = LABEL_FG if rng.random() < 0.5 else LABEL_BG
+        xy = _random_pixel(rng, mask if label == LABEL_FG else near & ~mask)
+        if xy is not None:
+            points.append((*xy, label))
+    return points
+
+
+def downsample_targets(masks: np.ndarray, size: int) -> torch.Tensor:
+    """(P, S, S) bool -> (P, size, size) float32 0/1: cells at least half covered."""
+    p, s = masks.shape[0], masks.shape[-1]
+    f = s // size
+    cover = masks.reshape(p, size, f, size, f).mean(axis=(2, 4))
+    return torch.from_numpy(cover >= 0.5).float()
+
+
+def _group(
+    rng: np.random.Generator, kind: int, items: list[tuple[int, np.ndarray]], loss_size: int
+) -> PromptGroup:
+    """Prompts of one kind (0 point, 1 points, 2 box) for (image index, mask) items."""
+    coords, labels, boxes = [], [], []
+    for _, mask in items:
+        points = [(*_random_pixel(rng, mask), LABEL_FG)]
+        if kind == 1:
+            points += _extra_points(rng, mask, int(rng.integers(1, 3)))
+            points += [(0, 0, LABEL_PAD)] * (3 - len(points))
+        if kind == 2:
+            points = []
+            boxes.append(noisy_box(rng, mask))
+        coords.append([p[:2] for p in points])
+        labels.append([p[2] for p in points])
+    n = len(items)
+    return PromptGroup(
+        image_index=torch.tensor([i for i, _ in items], dtype=torch.int64),
+        targets=downsample_targets(np.stack([m for _, m in items]), loss_size),
+        coords=torch.tensor(coords, dtype=torch.float32).reshape(n, -1, 2),
+        labels=torch.tensor(labels, dtype=torch.int64).reshape(n, -1),
+        boxes=torch.from_numpy(np.stack(boxes)) if boxes else None,
+        multimask=kind == 0,
+    )
+
+
+def sample_batch(rng: np.random.Generator, cfg: TrainConfig, image_size: int) -> Batch:
+    """Fresh scenes (seeds in [0, EVAL_SEED_START)) and prompts on their masks."""
+    images, items = [], []
+    for b in range(cfg.batch_images):
+        scene = generate_scene(int(rng.integers(EVAL_SEED_START)), (image_size, image_size))
+        images.append(torch.from_numpy(scene.image).permute(2, 0, 1))
+        order = rng.permutation(len(scene.masks))
+        reps = math.ceil(cfg.prompts_per_image / max(1, len(order)))
+        items += [(b, scene.masks[k]) for k in np.tile(order, reps)[: cfg.prompts_per_image]]
+    # Fixed counts per kind keep tensor shapes the same every step: oneDNN then
+    # reuses its compiled kernels instead of compiling new ones (seconds per step).
+    counts = np.floor(np.array(cfg.kind_probs) * len(items)).astype(int)
+    counts[0] += len(items) - counts.sum()
+    kinds = rng.permutation(np.repeat(np.arange(3), counts))
+    groups = [
+        _group(rng, kind, [it for it, k in zip(items, kinds) if k == kind], cfg.loss_size)
+        for kind in range(3)
+        if (kinds == kind).any()
+    ]
+    return Batch(normalize_and_pad(images, image_size), groups)
+
+
+def corrective_points(
+    predictions: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, scale: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One point per prompt sampled uniformly from the error region.
+
+    predictions: (P, L, L) bool; targets: (P, L, L) 0/1; one cell is scale x scale
+    image pixels. Returns (P, 1, 2) xy image pixels (a random pixel of the chosen
+    cell) and (P, 1) labels: 1 on a missed cell, 0 on a false positive, -1 if no error.
+    """
+    p, h, w = targets.shape
+    error = (predictions != (targets > 0.5)).reshape(p, -1)
+    # argmax of uniform scores restricted to the error region = a uniform error cell.
+    scores = torch.rand(p, h * w, generator=generator) * error
+    index = scores.argmax(dim=1)
+    cell = torch.stack([index % w, index // w], dim=1)
+    offset = torch.randint(scale, (p, 2), generator=generator)
+    xy = (cell * scale + offset).float()
+    labels = targets.reshape(p, -1).gather(1, index[:, None]).squeeze(1).long()
+    labels = torch.where(error.any(dim=1), labels, torch.full_like(labels, LABEL_PAD))
+    return xy[:, None, :], labels[:, None]
+
+
+# ---------------------------------------------------------------- model steps
+
+
+def new_model(config: SamConfig, seed: int) -> Sam:
+    """A trainable Sam: ViT-style init in the image encoder (truncated normal 0.02
+    linears, zero biases); PyTorch's default init elsewhere, whose larger weights
+    let the decoder's attention depend on the prompt position from the start."""
+    torch.manual_seed(seed)
+    model = Sam(config)
+    for module in model.image_encoder.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    nn.init.trunc_normal_(model.image_encoder.pos_embed, std=0.02)
+    for module in model.mask_decoder.modules():
+        if isinstance(module, TwoWayAttention):
+            _tie_query_key(module)
+    model.train()
+    model.requires_grad_(True)
+    return model
+
+
+def _tie_query_key(attention: TwoWayAttention, gain: float = DECODER_QK_GAIN) -> None:
+    """Start q_proj and k_proj equal and orthogonal (scaled by `gain`).
+
+    Queries and keys carry the same kind of positional encoding (the point's and
+    the image grid's), so with q = k projections the attention starts out peaked
+    where they match: the decoder can then localise the prompt within ~100 steps,
+    where random small projections left it predicting empty masks for hundreds.
+    """
+    weight = torch.empty_like(attention.q_proj.weight)
+    nn.init.orthogonal_(weight, gain)
+    with torch.no_grad():
+        attention.q_proj.weight.copy_(weight)
+        attention.k_proj.weight.copy_(weight)
+
+
+def _autocast(enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+
+def decode(
+    model: Sam, embeddings: torch.Tensor, group: PromptGroup, multimask: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-res logits (P, M, s, s) and predicted IoU (P, M) of a prompt group."""
+    points = (group.coords, group.labels) if group.coords.shape[1] else None
+    sparse, dense = model.prompt_encoder(points, group.boxes, group.mask_input)
+    return model.mask_decoder(
+        embeddings[group.image_index],
+        model.prompt_encoder.dense_pe(),
+        sparse,
+        dense,
+        multimask,
+    )
+
+
+def _group_losses(
+    low_res: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-prompt mask loss (best output), IoU loss, best index and the best's IoU.
+
+    Logits are upsampled bilinearly to the targets' size, as at inference.
+    """
+    size = targets.shape[-2:]
+    logits = F.interpolate(low_res.float(), size, mode="bilinear", align_corners=False)
+    targets = targets[:, None].expand_as(logits)
+    per_output = mask_loss(logits, targets)  # (P, M)
+    best = select_best(per_output.detach())
+    rows = torch.arange(len(best))
+    true_iou = mask_iou(logits.detach() > 0, targets)  # (P, M)
+    iou_loss = F.mse_loss(iou_pred.float(), true_iou, reduction="none").mean(dim=1)
+    return per_output[rows, best], iou_loss, best, true_iou[rows, best]
+
+
+def train_step(
+    model: Sam, batch: Batch, cfg: TrainConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch over all prompt rounds (not yet backpropagated) and stats."""
+    with _autocast(cfg.bf16):
+        embeddings = model.image_encoder(batch.images)
+    groups = [dataclasses.replace(g) for g in batch.groups]
+    total_prompts = sum(len(g.image_index) for g in groups)
+    mask_sum = iou_sum = 0.0
+    stats: dict[str, float] = {}
+    for r in range(cfg.rounds):
+        round_iou = 0.0
+        for i, group in enumerate(groups):
+            with _autocast(cfg.bf16):
+                low_res, iou_pred = decode(model, embeddings, group, group.multimask and r == 0)
+            m_loss, i_loss, best, iou = _group_losses(low_res, iou_pred, group.targets)
+            mask_sum = mask_sum + m_loss.sum()
+            iou_sum = iou_sum + i_loss.sum()
+            round_iou += float(iou.sum())
+            if r + 1 < cfg.rounds:
+                groups[i] = _next_round(group, low_res, best, generator, batch.images.shape[-1])
+        stats[f"miou_r{r}"] = round_iou / total_prompts
+    scale = 1.0 / (total_prompts * cfg.rounds)
+    loss = (mask_sum + iou_sum) * scale
+    stats["mask_loss"] = float(mask_sum.detach()) * scale
+    stats["iou_loss"] = float(iou_sum.detach()) * scale
+    return loss, stats
+
+
+def _next_round(
+    group: PromptGroup,
+    low_res: torch.Tensor,
+    best: torch.Tensor,
+    generator: torch.Generator,
+    image_size: int,
+) -> PromptGroup:
+    """Add a corrective point from the chosen output's errors; feed its logits back."""
+    chosen = low_res[torch.arange(len(best)), best].detach().float()[:, None]  # (P, 1, s, s)
+    size = group.targets.shape[-2:]
+    upsampled = F.interpolate(chosen, size, mode="bilinear", align_corners=False)[:, 0]
+    scale = image_size // size[-1]
+    xy, labels = corrective_points(upsampled > 0, group.targets, generator, scale)
+    return dataclasses.replace(
+        group,
+        coords=torch.cat([group.coords, xy], dim=1),
+        labels=torch.cat([group.labels, labels], dim=1),
+        mask_input=chosen,
+    )
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over warmup_steps, then cosine decay over `progress` in [0, 1]
+    (the fraction of the wall-clock budget used) down to min_lr_ratio x lr."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: Sam, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, embeddings and position tables."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        flat = param.ndim < 2 or any(part in name for part in _NO_DECAY)
+        (no_decay if flat else decay).append(param)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.999),
+    )
+
+
+def _batches(cfg: TrainConfig, image_size: int) -> Iterator[Batch]:
+    """Batches for steps 0, 1, ... made one step ahead in a helper thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+
+        def make(step: int) -> Batch:
+            return sample_batch(np.random.default_rng([cfg.seed, step]), cfg, image_size)
+
+        step = 0
+        pending = pool.submit(make, step)
+        while True:
+            batch = pending.result()
+            step += 1
+            pending = pool.submit(make, step)
+            yield batch
+
+
+class ThreadTuner:
+    """Chooses between `max_threads` and 1 intra-op threads by measured step time.
+
+    On a shared 2-core machine, two threads stall on each other whenever another
+    process holds a core (each parallel region waits for the descheduled thread),
+    and one thread is then several times faster. Every `every` steps the other
+    count is tried for `probe` steps; the faster recent average wins.
+    """
+
+    def __init__(self, max_threads: int = 2, every: int = 100, probe: int = 4) -> None:
+        self.choices = sorted({max_threads, 1}, reverse=True)
+        self.every, self.probe = every, probe
+        self.mean: dict[int, float] = {}
+        self.best = self.choices[0]
+
+    def threads_for(self, step: int) -> int:
+        if len(self.choices) > 1 and step >= self.every and step % self.every < self.probe:
+            return next(c for c in self.choices if c != self.best)
+        return self.best
+
+    def record(self, threads: int, seconds: float) -> None:
+        old = self.mean.get(threads)
+        self.mean[threads] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        if len(self.mean) == len(self.choices):
+            self.best = min(self.mean, key=self.mean.get)
+
+
+def train(
+    config: SamConfig, cfg: TrainConfig, max_steps: int | None = None, log=print
+) -> tuple[Sam, list[dict[str, float]]]:
+    """Train a new model until the wall-clock budget (or max_steps) is used up.
+
+    Returns the model (eval mode) and the logged stats, one dict per log line.
+    """
+    tuner = ThreadTuner(cfg.threads)
+    model = new_model(config, cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    budget = cfg.minutes * 60.0
+    start = time.perf_counter()
+    history: list[dict[str, float]] = []
+    window: list[dict[str, float]] = []
+    step_time = 0.0
+    for step, batch in enumerate(_batches(cfg, config.image_size)):
+        elapsed = time.perf_counter() - start
+        if (max_steps is not None and step >= max_steps) or elapsed + step_time > budget:
+            break
+        threads = tuner.threads_for(step)
+        torch.set_num_threads(threads)
+        lr = learning_rate(cfg, step, elapsed / budget)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, stats = train_step(model, batch, cfg, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        optimizer.step()
+        seconds = time.perf_counter() - start - elapsed
+        tuner.record(threads, seconds)
+        step_time = 0.9 * step_time + 0.1 * seconds
+        window.append(
+            {
+                "loss": float(loss.detach()),
+                "grad_norm": float(grad_norm),
+                "threads": threads,
+                **stats,
+            }
+        )
+        if (step + 1) % cfg.log_every == 0:
+            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            mean.update(step=step + 1, seconds=time.perf_counter() - start, lr=lr)
+            history.append(mean)
+            window = []
+            log(_format_log(mean))
+    model.eval()
+    model.requires_grad_(False)
+    return model, history
+
+
+def _format_log(stats: dict[str, float]) -> str:
+    rounds = " ".join(f"{stats[k]:.3f}" for k in sorted(stats) if k.startswith("miou_r"))
+    return (
+        f"step {int(stats['step']):5d}  {stats['seconds']:7.1f}s  lr {stats['lr']:.2e}  "
+        f"loss {stats['loss']:.4f} (mask {stats['mask_loss']:.4f} iou {stats['iou_loss']:.4f})  "
+        f"mIoU/round {rounds}  |g| {stats['grad_norm']:.2f}  threads {stats['threads']:.1f}"
+    )
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output state dict (.pth)")
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(defaults, field.name)
+        if isinstance(value, tuple):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--patch-size", type=int, default=SYNTHETIC_CONFIG.patch_size)
+    parser.add_argument("--embed-dim", type=int, default=SYNTHETIC_CONFIG.encoder_embed_dim)
+    parser.add_argument("--depth", type=int, default=SYNTHETIC_CONFIG.encoder_depth)
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> SamConfig:
+    """SYNTHETIC_CONFIG with the encoder overrides given on the command line."""
+    depth = args.depth
+    # Global attention in every other block, ending with one (as the official models).
+    global_idx = tuple(range(depth - 1, -1, -2))[::-1]
+    return dataclasses.replace(
+        SYNTHETIC_CONFIG,
+        patch_size=args.patch_size,
+        encoder_embed_dim=args.embed_dim,
+        encoder_depth=depth,
+        encoder_num_heads=max(1, args.embed_dim // 32),
+        encoder_global_attn_indexes=global_idx,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(args)
+    print(f"config: {config}\ntrain: {cfg}", flush=True)
+    model, history = train(config, cfg, args.max_steps, log=lambda s: print(s, flush=True))
+    sha256 = save_state_dict(model, args.out)
+    steps = int(history[-1]["step"]) if history else 0
+    print(f"saved {args.out} sha256 {sha256} after {steps} logged steps", flush=True)
+
+
+if __name__ == "__main__":
+    main()
