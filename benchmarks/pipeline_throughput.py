@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "tests" / "fixtures" / "sam_tiny.pth"
 BATCH = 4  # images per encoder batch in both
-GENERATOR = {"points_per_side": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+GENERATOR = {"points_per_side": 12, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int]) -> None:

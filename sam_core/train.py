@@ -44,9 +44,9 @@ SYNTHETIC_CONFIG = SamConfig(
     image_size=256,
     patch_size=16,
     encoder_embed_dim=128,
-    encoder_depth=4,
+    encoder_depth=6,
     encoder_num_heads=4,
-    encoder_global_attn_indexes=(1, 3),
+    encoder_global_attn_indexes=(2, 5),
     window_size=8,
     prompt_embed_dim=128,
     mask_in_chans=16,
@@ -92,7 +92,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     clip_norm: float = 1.0
     bf16: bool = True
-    log_every: int = 25
+    log_every: int = 50
     threads: int = 2  # at most; see ThreadTuner
 
 
@@ -488,6 +488,16 @@ def train(
 
     Returns the model (eval mode) and the logged stats, one dict per log line.
     """
+    threads_before = torch.get_num_threads()
+    try:
+        return _train(config, cfg, max_steps, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(
+    config: SamConfig, cfg: TrainConfig, max_steps: int | None, log
+) -> tuple[Sam, list[dict[str, float]]]:
     tuner = ThreadTuner(cfg.threads)
     model = new_model(config, cfg.seed)
     optimizer = make_optimizer(model, cfg)
@@ -565,8 +575,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> SamConfig:
     """SYNTHETIC_CONFIG with the encoder overrides given on the command line."""
     depth = args.depth
-    # Global attention in every other block, ending with one (as the official models).
-    global_idx = tuple(range(depth - 1, -1, -2))[::-1]
+    # Global attention in every third block, ending with one (as the official models).
+    global_idx = tuple(range(depth - 1, -1, -3))[::-1]
     return dataclasses.replace(
         SYNTHETIC_CONFIG,
         patch_size=args.patch_size,
