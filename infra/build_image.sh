@@ -21,20 +21,8 @@ Prints the pushed image URI on the last line (use it as SDK_CONTAINER_IMAGE).
 USAGE
 }
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  usage
-  exit 0
-fi
-
-require() {
-  local name
-  for name in "$@"; do
-    if [[ -z "${!name:-}" ]]; then
-      echo "build_image.sh: error: set ${name} (see --help)" >&2
-      exit 2
-    fi
-  done
-}
+# shellcheck source=/dev/null  # infra/common.bash: --help and require()
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 
 require PROJECT REGION
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

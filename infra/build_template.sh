@@ -23,20 +23,8 @@ Environment:
 USAGE
 }
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  usage
-  exit 0
-fi
-
-require() {
-  local name
-  for name in "$@"; do
-    if [[ -z "${!name:-}" ]]; then
-      echo "build_template.sh: error: set ${name} (see --help)" >&2
-      exit 2
-    fi
-  done
-}
+# shellcheck source=/dev/null  # infra/common.bash: --help and require()
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 
 require PROJECT REGION BUCKET
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

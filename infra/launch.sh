@@ -29,20 +29,8 @@ Environment:
 USAGE
 }
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  usage
-  exit 0
-fi
-
-require() {
-  local name
-  for name in "$@"; do
-    if [[ -z "${!name:-}" ]]; then
-      echo "launch.sh: error: set ${name} (see --help)" >&2
-      exit 2
-    fi
-  done
-}
+# shellcheck source=/dev/null  # infra/common.bash: --help and require()
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DRY_RUN="${DRY_RUN:-0}"
