@@ -1,6 +1,8 @@
 """The maskmine pipeline graph: URIs -> decoded images -> SAM -> filters -> Parquet.
 
-Only wiring lives here; each step is a transform from `transforms/`.
+Only wiring lives here; each step is a transform from `transforms/`. Batch runs read every
+input once and write one set of files per run; `--streaming` runs read Pub/Sub and/or watch
+the inputs, mine each distinct image (by content) once, and write one set per window.
 """
 
 from __future__ import annotations
@@ -17,23 +19,30 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import TestOptions
+from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
 from schemas import tables
 from transforms.decode import DecodeImages
 from transforms.inference import NAMESPACE, MineMasks, ModelSpec, SamModelHandler
 from transforms.postprocess import DeduplicateMasks, FilterMasks, QualityThresholds
-from transforms.read import ImageURIs
+from transforms.read import ImageURIs, is_manifest, location_problem
 from transforms.sinks import (
     Provenance,
     WriteTable,
+    WriteWindowedTable,
     embedding_rows,
     error_row,
     image_row,
     mask_rows,
 )
+from transforms.streaming import (
+    DeduplicateByContent,
+    ReadPubSubURIs,
+    WatchImageURIs,
+    output_windowing,
+)
 
-from .options import MaskMineOptions, generator_params, generator_params_json
+from .options import MaskMineOptions, StreamingOptions, generator_params, generator_params_json
 
 _LOG = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,9 +65,58 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
+def is_streaming(options: MaskMineOptions) -> bool:
+    return bool(options.view_as(StandardOptions).streaming)
+
+
+def _check_streaming(options: MaskMineOptions) -> None:
+    stream = options.view_as(StreamingOptions)
+    pubsub = [f for f in ("input_subscription", "input_topic") if getattr(stream, f)]
+    if not is_streaming(options):
+        if pubsub:
+            raise ConfigError(f"--{pubsub[0]} reads Pub/Sub: it needs --streaming")
+        return
+    if len(pubsub) > 1:
+        raise ConfigError("give one of --input_subscription and --input_topic, not both")
+    if not pubsub and not options.input:
+        raise ConfigError(
+            "--streaming needs a source: --input_subscription, --input_topic, or --input "
+            "folders/patterns to watch"
+        )
+    manifests = [i for i in options.input or [] if is_manifest(i)]
+    if manifests:
+        raise ConfigError(
+            f"--streaming watches folders and patterns, not manifests: {manifests[0]}"
+        )
+    if stream.window_s <= 0 or stream.allowed_lateness_s < 0 or stream.poll_interval_s <= 0:
+        raise ConfigError(
+            "need --window_s > 0, --allowed_lateness_s >= 0 and --poll_interval_s > 0"
+        )
+    if stream.stop_after_s is not None and stream.stop_after_s <= 0:
+        raise ConfigError(f"--stop_after_s must be positive, got {stream.stop_after_s}")
+
+
+def _check_locations(options: MaskMineOptions) -> None:
+    """Fail at once on a remote bucket that is missing or unreadable, not after mining."""
+    named = [("--output", options.output)]
+    named += [("--checkpoint", options.checkpoint)] if options.checkpoint else []
+    named += [("--input", i.removeprefix("manifest:")) for i in options.input or []]
+    for flag, uri in named:
+        problem = location_problem(uri)
+        if problem:
+            raise ConfigError(f"{flag} {uri}: {problem}")
+
+
 def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
-    """Fill in the bundled samples/model when no input/checkpoint is given."""
-    if not options.input:
+    """Check the options and fill in the bundled samples/model when none are given.
+
+    Remote locations are checked here (bucket exists and can be listed, checkpoint exists)
+    unless this is a dry run, which must work offline.
+    """
+    # Startup checks use the run's options (credentials, project) for FileSystems.
+    FileSystems.set_options(options)
+    _check_streaming(options)
+    if not options.input and not is_streaming(options):
         if not SAMPLES_DIR.is_dir():
             raise ConfigError(
                 f"no --input given and the bundled samples are missing: {SAMPLES_DIR}"
@@ -74,8 +132,10 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     dry_run = options.view_as(TestOptions).dry_run
     # A dry run builds the job offline: don't ask the bucket (the credential
     # lookup alone stalls without a network).
-    if options.checkpoint and not dry_run and not FileSystems.exists(options.checkpoint):
-        raise ConfigError(f"checkpoint not found: {options.checkpoint}")
+    if not dry_run:
+        _check_locations(options)
+        if options.checkpoint and not FileSystems.exists(options.checkpoint):
+            raise ConfigError(f"checkpoint not found: {options.checkpoint}")
     if options.run_id is None:
         options.run_id = new_run_id()
     return options
@@ -111,22 +171,17 @@ class _Progress(beam.DoFn):
         yield element
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
-    """Add the whole graph to `pipeline` (options already resolved)."""
-    provenance = Provenance(
+def _provenance(options: MaskMineOptions) -> Provenance:
+    return Provenance(
         run_id=options.run_id,
         generator_params=generator_params_json(options),
         maskmine_version=maskmine_version(),
         created_at=dt.datetime.now(dt.timezone.utc),
     )
-    read = pipeline | "ReadURIs" >> ImageURIs(options.input)
-    uris = read["uris"]
-    if options.skip_existing:
-        done = existing_image_uris(options.output)
-        _LOG.info("skip_existing: %d images already mined under %s", len(done), options.output)
-        uris = uris | "SkipExisting" >> beam.Filter(lambda uri, done=done: uri not in done)
 
-    decoded = uris | "Decode" >> DecodeImages(max_pixels=options.max_pixels)
+
+def _mine(images, options: MaskMineOptions):
+    """DecodedImage -> (kept MinedImage after the filters, inference Failures)."""
     handler = SamModelHandler(
         ModelSpec(options.checkpoint, options.model_type, options.precision, options.device),
         generator_params(options),
@@ -134,7 +189,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
         share_across_processes=options.share_model_across_processes,
         keep_embeddings=options.embeddings,
     )
-    mined = decoded["images"] | "Mine" >> MineMasks(handler)
+    mined = images | "Mine" >> MineMasks(handler)
     kept = (
         mined["mined"]
         | "Progress" >> beam.ParDo(_Progress())
@@ -149,13 +204,27 @@ def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
         )
         | "Dedup" >> DeduplicateMasks(options.dedup_iou_thresh, options.dedup_by)
     )
+    return kept, mined["errors"]
+
+
+def _write_tables(
+    kept, errors, options: MaskMineOptions, provenance: Provenance, writer, stamp: bool = False
+) -> None:
+    """Rows of every table, each written by writer(output, table, schema, run_id).
+
+    stamp: created_at of each row is when it is made (streaming), not the run's start.
+    """
     run = options.run_id
+
+    def rows(fn):
+        return (lambda x, p: fn(x, p.stamped())) if stamp else fn
+
     if options.embeddings:
         (
             kept
-            | "EmbeddingRows" >> beam.FlatMap(embedding_rows, provenance)
+            | "EmbeddingRows" >> beam.FlatMap(rows(embedding_rows), provenance)
             | "WriteEmbeddings"
-            >> WriteTable(options.output, "embeddings", tables.EMBEDDINGS_SCHEMA, run)
+            >> writer(options.output, "embeddings", tables.EMBEDDINGS_SCHEMA, run)
         )
         # Later steps need no pixels of embeddings: drop them before the other sinks.
         kept = kept | "DropEmbeddings" >> beam.Map(
@@ -163,20 +232,81 @@ def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
         )
     (
         kept
-        | "MaskRows" >> beam.FlatMap(mask_rows, provenance)
-        | "WriteMasks" >> WriteTable(options.output, "masks", tables.MASKS_SCHEMA, run)
+        | "MaskRows" >> beam.FlatMap(rows(mask_rows), provenance)
+        | "WriteMasks" >> writer(options.output, "masks", tables.MASKS_SCHEMA, run)
     )
     (
         kept
-        | "ImageRows" >> beam.Map(image_row, provenance)
-        | "WriteImages" >> WriteTable(options.output, "images", tables.IMAGES_SCHEMA, run)
+        | "ImageRows" >> beam.Map(rows(image_row), provenance)
+        | "WriteImages" >> writer(options.output, "images", tables.IMAGES_SCHEMA, run)
     )
     (
-        (read["errors"], decoded["errors"], mined["errors"])
-        | "AllErrors" >> beam.Flatten()
-        | "ErrorRows" >> beam.Map(error_row, provenance)
-        | "WriteErrors" >> WriteTable(options.output, "errors", tables.ERRORS_SCHEMA, run)
+        errors
+        | "ErrorRows" >> beam.Map(rows(error_row), provenance)
+        | "WriteErrors" >> writer(options.output, "errors", tables.ERRORS_SCHEMA, run)
     )
+
+
+def _skip_existing(uris, options: MaskMineOptions):
+    if not options.skip_existing:
+        return uris
+    done = existing_image_uris(options.output)
+    _LOG.info("skip_existing: %d images already mined under %s", len(done), options.output)
+    return uris | "SkipExisting" >> beam.Filter(lambda uri, done=done: uri not in done)
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
+    """Add the whole graph to `pipeline` (options already resolved)."""
+    if is_streaming(options):
+        _build_streaming(pipeline, options)
+        return
+    read = pipeline | "ReadURIs" >> ImageURIs(options.input)
+    decoded = _skip_existing(read["uris"], options) | "Decode" >> DecodeImages(
+        max_pixels=options.max_pixels
+    )
+    kept, inference_errors = _mine(decoded["images"], options)
+    errors = (read["errors"], decoded["errors"], inference_errors) | "AllErrors" >> beam.Flatten()
+    _write_tables(kept, errors, options, _provenance(options), WriteTable)
+
+
+def _build_streaming(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
+    """Sources -> decode -> first image per content hash -> fixed windows -> SAM -> files.
+
+    Windowing comes after the run-wide dedup (which needs the global window) and before
+    RunInference, whose batching keeps each batch inside one window: rows then carry their
+    image's window to the sinks, one set of files per window.
+    """
+    stream = options.view_as(StreamingOptions)
+    uris, read_errors = [], []
+    if stream.input_subscription or stream.input_topic:
+        pubsub = pipeline | "ReadPubSub" >> ReadPubSubURIs(
+            stream.input_subscription, stream.input_topic
+        )
+        uris.append(pubsub.uris)
+        read_errors.append(pubsub.errors)
+    if options.input:
+        uris.append(
+            pipeline
+            | "WatchInputs"
+            >> WatchImageURIs(options.input, stream.poll_interval_s, stream.stop_after_s)
+        )
+    all_uris = uris | "ReadURIs" >> beam.Flatten()
+    decoded = _skip_existing(all_uris, options) | "Decode" >> DecodeImages(
+        max_pixels=options.max_pixels
+    )
+    images = (
+        decoded["images"]
+        | "DedupContent" >> DeduplicateByContent()
+        | "Window" >> output_windowing(stream.window_s, stream.allowed_lateness_s)
+    )
+    kept, inference_errors = _mine(images, options)
+    early_errors = (
+        [*read_errors, decoded["errors"]]
+        | "EarlyErrors" >> beam.Flatten()
+        | "WindowErrors" >> output_windowing(stream.window_s, stream.allowed_lateness_s)
+    )
+    errors = (early_errors, inference_errors) | "AllErrors" >> beam.Flatten()
+    _write_tables(kept, errors, options, _provenance(options), WriteWindowedTable, stamp=True)
 
 
 def summarize(result) -> str:

@@ -141,3 +141,51 @@ def generator_params_json(options: MaskMineOptions) -> str:
     """Canonical JSON of the generator parameters, for provenance."""
     params = dict(generator_params(options), precision=options.precision)
     return json.dumps(params, sort_keys=True)
+
+
+class StreamingOptions(PipelineOptions):
+    """Options of `--streaming` runs (Beam's own flag).
+
+    Kept apart from MaskMineOptions: infra/'s flex template lists exactly MaskMineOptions'
+    flags (batch jobs); a streaming template adds these.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        stream = parser.add_argument_group("streaming (with --streaming)")
+        stream.add_argument(
+            "--input_subscription",
+            default=None,
+            help="Pub/Sub subscription (projects/P/subscriptions/S) whose messages are image "
+            "URIs or GCS object-finalize notifications (JSON with bucket and name).",
+        )
+        stream.add_argument(
+            "--input_topic",
+            default=None,
+            help="Pub/Sub topic (projects/P/topics/T), read through a temporary subscription.",
+        )
+        stream.add_argument(
+            "--window_s",
+            type=int,
+            default=60,
+            help="Output window in seconds: each window gets its own set of Parquet files.",
+        )
+        stream.add_argument(
+            "--allowed_lateness_s",
+            type=int,
+            default=3600,
+            help="Elements up to this late still reach their window's files (a late firing).",
+        )
+        stream.add_argument(
+            "--poll_interval_s",
+            type=float,
+            default=30.0,
+            help="How often each watched --input (folder or pattern) is listed, in seconds.",
+        )
+        stream.add_argument(
+            "--stop_after_s",
+            type=float,
+            default=None,
+            help="Stop watching --input after this many seconds and finish (tests, demos). "
+            "Default: watch until the job is cancelled or drained.",
+        )

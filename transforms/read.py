@@ -152,6 +152,31 @@ def read_error_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def location_problem(uri: str) -> str | None:
+    """Why the bucket of remote `uri` cannot be listed (missing, no access), or None.
+
+    Local paths and reachable buckets give None. Lists at most one object under the static
+    part of `uri` (before any glob), so it is cheap on a bucket of any size; meant for a
+    check at startup, so that a missing bucket fails the run at once with a clear message.
+    """
+    if not _is_remote(uri):
+        return None
+    scheme, rest = uri.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    static = re.split(r"[*?\[]", uri, maxsplit=1)[0]
+    probe = static[: static.rfind("/") + 1] if "/" in rest else f"{scheme}://{bucket}/"
+    try:
+        FileSystems.match([probe + "*"], limits=[1])
+    except Exception as e:
+        reason = read_error_reason(e)
+        if reason == "file not found":  # listing objects is 404 only without the bucket
+            return f"bucket {scheme}://{bucket} does not exist"
+        if reason == "permission denied":
+            return f"no permission to list {scheme}://{bucket}"
+        return f"cannot list {probe}: {reason}"
+    return None
+
+
 def resolve_entry(entry: str, base_dir: str) -> str:
     """`entry` from a manifest in `base_dir`, made absolute (relative to the manifest)."""
     entry = entry.strip()

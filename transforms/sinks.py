@@ -1,19 +1,28 @@
 """Rows of the three output tables and the Parquet sinks that write them.
 
-Files go to OUTPUT/{masks,images,errors,embeddings}/part-RUNID-SSSSS-of-NNNNN.parquet
-(zstd): each run writes its own files, so a resumed run adds to the tables
-instead of replacing them.
+Batch: OUTPUT/{masks,images,errors,embeddings}/part-RUNID-SSSSS-of-NNNNN.parquet (zstd):
+each run writes its own files, so a resumed run adds to the tables instead of replacing
+them. Streaming: one set of files per window and firing,
+OUTPUT/TABLE/part-RUNID-STARTZ-ENDZ-FIRING-SSSSS-of-NNNNN.parquet, written with
+`fileio.WriteToFiles` and `ParquetSink` (Beam's WriteToParquet loses rows when one bundle
+holds two windows).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
+import uuid
+from typing import Any, BinaryIO
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
 
 from schemas import tables
 
@@ -29,6 +38,10 @@ class Provenance:
     generator_params: str  # canonical JSON
     maskmine_version: str
     created_at: dt.datetime
+
+    def stamped(self) -> Provenance:
+        """The same facts with created_at = now (rows of a long streaming job)."""
+        return dataclasses.replace(self, created_at=dt.datetime.now(dt.timezone.utc))
 
 
 def mask_rows(image: MinedImage, provenance: Provenance) -> list[dict]:
@@ -121,4 +134,88 @@ class WriteTable(beam.PTransform):
             codec="zstd",
             file_name_suffix=".parquet",
             record_batch_size=1000,
+        )
+
+
+class ParquetSink(fileio.FileSink):
+    """`fileio.FileSink` writing dict rows as one zstd Parquet file of `schema`.
+
+    Rows are validated by `schemas.tables.to_table` and written in row groups of at most
+    `batch_rows` rows, so memory stays bounded whatever the window holds.
+    """
+
+    def __init__(self, schema: pa.Schema, batch_rows: int = 1000) -> None:
+        self.schema, self.batch_rows = schema, batch_rows
+        self._rows: list[dict] = []
+        self._writer: pq.ParquetWriter | None = None
+
+    def open(self, fh: BinaryIO) -> None:
+        self._rows = []
+        self._writer = pq.ParquetWriter(fh, self.schema, compression="zstd")
+
+    def write(self, record: dict) -> None:
+        self._rows.append(record)
+        if len(self._rows) >= self.batch_rows:
+            self._write_rows()
+
+    def flush(self) -> None:
+        # Called once, before WriteToFiles closes the handle: the footer must be written now.
+        self._write_rows()
+        self._writer.close()
+
+    def _write_rows(self) -> None:
+        if self._rows:
+            self._writer.write_table(tables.to_table(self._rows, self.schema))
+            self._rows = []
+
+
+def _parquet_sink(schema: pa.Schema, destination: Any) -> ParquetSink:
+    return ParquetSink(schema)
+
+
+def _utc(ts) -> str:
+    return ts.to_utc_datetime().strftime("%Y%m%dT%H%M%SZ")
+
+
+class WindowedFileNaming:
+    """WriteToFiles naming: part-RUN-START-END-FIRING-SSSSS-of-NNNNN.parquet.
+
+    WriteToFiles names a window's files by window only, so a late firing of a window would
+    overwrite the on-time files. FIRING is a random token drawn when WriteToFiles starts
+    naming one firing's files (shard 0), so every firing gets its own set.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._firing = ""
+
+    def __call__(self, window, pane, shard_index, total_shards, compression, destination) -> str:
+        if shard_index == 0 or not self._firing:
+            self._firing = uuid.uuid4().hex[:8]
+        span = "" if window == GlobalWindow() else f"-{_utc(window.start)}-{_utc(window.end)}"
+        return (
+            f"part-{self.run_id}{span}-{self._firing}-"
+            f"{int(shard_index):05d}-of-{int(total_shards):05d}.parquet"
+        )
+
+
+class WriteWindowedTable(beam.PTransform):
+    """Windowed rows (dicts) -> Parquet files of one table, one set per window firing.
+
+    For streaming: the input must be in non-global windows with a trigger. Temporary files
+    go to OUTPUT/TABLE/.temp-RUNID/ (readers skip names starting with ".").
+    """
+
+    def __init__(self, output: str, table: str, schema: pa.Schema, run_id: str) -> None:
+        super().__init__()
+        self.output, self.table, self.schema, self.run_id = output, table, schema, run_id
+
+    def expand(self, rows):
+        directory = FileSystems.join(self.output, self.table)
+        return rows | fileio.WriteToFiles(
+            path=directory,
+            file_naming=WindowedFileNaming(self.run_id),
+            temp_directory=FileSystems.join(directory, f".temp-{self.run_id}"),
+            sink=functools.partial(_parquet_sink, self.schema),
+            shards=1,
         )
