@@ -270,12 +270,6 @@ def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
 
 
 def _build_streaming(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
-    """Sources -> decode -> first image per content hash -> fixed windows -> SAM -> files.
-
-    Windowing comes after the run-wide dedup (which needs the global window) and before
-    RunInference, whose batching keeps each batch inside one window: rows then carry their
-    image's window to the sinks, one set of files per window.
-    """
     stream = options.view_as(StreamingOptions)
     uris, read_errors = [], []
     if stream.input_subscription or stream.input_topic:
@@ -290,8 +284,20 @@ def _build_streaming(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
             | "WatchInputs"
             >> WatchImageURIs(options.input, stream.poll_interval_s, stream.stop_after_s)
         )
-    all_uris = uris | "ReadURIs" >> beam.Flatten()
-    decoded = _skip_existing(all_uris, options) | "Decode" >> DecodeImages(
+    mine_stream(uris | "ReadURIs" >> beam.Flatten(), read_errors, options)
+
+
+def mine_stream(uris, read_errors: list, options: MaskMineOptions) -> None:
+    """Streaming URIs (str, timestamped) -> decode -> first image per content hash ->
+    fixed windows -> SAM -> one set of files per window. read_errors: Failure PCollections
+    of the sources (global window).
+
+    Windowing comes after the run-wide dedup (which needs the global window) and before
+    RunInference, whose batching keeps each batch inside one window: rows then carry their
+    image's window to the sinks.
+    """
+    stream = options.view_as(StreamingOptions)
+    decoded = _skip_existing(uris, options) | "Decode" >> DecodeImages(
         max_pixels=options.max_pixels
     )
     images = (

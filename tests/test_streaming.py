@@ -1,0 +1,238 @@
+"""Streaming mode: Pub/Sub message parsing, windowed Parquet files, late data, dedup by content.
+
+Pipelines run on the BundleBasedDirectRunner (the local runner that executes TestStream and
+streaming triggers), fed by TestStream with explicit event times.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms.window import TimestampedValue
+from PIL import Image
+
+from pipeline.graph import mine_stream
+from pipeline.options import MaskMineOptions
+from schemas import tables
+from transforms.records import Failure
+from transforms.sinks import WriteWindowedTable
+from transforms.streaming import (
+    MessageError,
+    ParsePubSubMessages,
+    output_windowing,
+    parse_message,
+    watch_pattern,
+)
+
+from .conftest import FIXTURES
+from .test_pipeline_e2e import FAST, scene
+
+# --- Pub/Sub messages ---------------------------------------------------------------------
+
+NOTIFICATION = b'{"kind": "storage#object", "bucket": "imgs", "name": "in/a b.jpg", "size": "9"}'
+
+
+@pytest.mark.parametrize(
+    "data, attributes, expected",
+    [
+        (b"gs://imgs/x/a.png\n", None, "gs://imgs/x/a.png"),
+        (b"/data/x/../a.jpg", None, "/data/a.jpg"),
+        (b"file:///data/a.jpg", None, "/data/a.jpg"),
+        (b"gs://imgs/notes.txt", None, "gs://imgs/notes.txt"),  # named: kept, decode judges
+        (NOTIFICATION, {"eventType": "OBJECT_FINALIZE"}, "gs://imgs/in/a b.jpg"),
+        (NOTIFICATION, None, "gs://imgs/in/a b.jpg"),
+        (b"", {"eventType": "OBJECT_FINALIZE", "bucketId": "b", "objectId": "c.PNG"}, "gs://b/c.PNG"),
+        # Skipped: other events, objects that are not images, "folders".
+        (NOTIFICATION, {"eventType": "OBJECT_DELETE"}, None),
+        (b'{"bucket": "imgs", "name": "in/readme.txt"}', None, None),
+        (b'{"bucket": "imgs", "name": "in/"}', None, None),
+    ],
+)
+def test_messages_name_an_image(data, attributes, expected):
+    assert parse_message(data, attributes) == expected
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty message"),
+        (b"   \n", "empty message"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b'{"bucket": "imgs"', "not valid JSON"),
+        (b'{"bucket": "imgs", "id": 3}', "without string fields 'bucket' and 'name'"),
+        (b'{"bucket": "", "name": "a.jpg"}', "without string fields"),
+        (b"relative/a.jpg", "not a URI"),
+        (b"gs://a/1.jpg\ngs://a/2.jpg", "several lines"),
+    ],
+)
+def test_bad_messages_raise_with_the_reason(data, message):
+    with pytest.raises(MessageError, match=message):
+        parse_message(data)
+
+
+def run_streaming(build) -> None:
+    options = PipelineOptions(["--streaming", "--allow_unsafe_triggers"])
+    with beam.Pipeline(runner=BundleBasedDirectRunner(), options=options) as p:
+        build(p)
+
+
+def test_bad_messages_become_error_rows_not_crashes(tmp_path):
+    stream = (
+        TestStream()
+        .add_elements(
+            [
+                PubsubMessage(b"gs://imgs/a.jpg", {}),
+                PubsubMessage(b"not a uri", {}),
+                PubsubMessage(NOTIFICATION, {"eventType": "OBJECT_FINALIZE"}),
+                PubsubMessage(b"\xff", {}),
+                PubsubMessage(NOTIFICATION, {"eventType": "OBJECT_ARCHIVE"}),
+            ]
+        )
+        .advance_watermark_to_infinity()
+    )
+    found = tmp_path / "found.txt"
+
+    def build(p):
+        out = p | stream | ParsePubSubMessages()
+        merged = (
+            out.uris | "U" >> beam.Map(lambda u: f"uri {u}"),
+            out.errors | "E" >> beam.Map(lambda f: f"error {f.uri} | {f.stage} | {f.error}"),
+        ) | beam.Flatten()
+        _ = (
+            merged
+            | beam.WindowInto(beam.window.GlobalWindows())
+            | beam.combiners.ToList()
+            | beam.Map(lambda lines: found.write_text("\n".join(sorted(lines))))
+        )
+
+    run_streaming(build)
+    assert found.read_text().splitlines() == [
+        "error not a uri | message | not a URI (expected gs://bucket/object or an absolute path)",
+        "error \ufffd | message | message is not UTF-8 text ('utf-8' codec can't decode byte "
+        "0xff in position 0: invalid start byte)",
+        "uri gs://imgs/a.jpg",
+        "uri gs://imgs/in/a b.jpg",
+    ]
+
+
+def test_watch_pattern_recurses_into_folders(tmp_path):
+    assert watch_pattern(str(tmp_path)) == f"{tmp_path}/**"
+    assert watch_pattern("gs://b/in/") == "gs://b/in/**"
+    assert watch_pattern("gs://b/in/*.jpg") == "gs://b/in/*.jpg"
+
+
+# --- windowed Parquet files ---------------------------------------------------------------
+
+FILE_NAME = re.compile(r"part-(\w+)-(\d{8}T\d{6}Z)-(\d{8}T\d{6}Z)-([0-9a-f]{8})-(\d{5})-of-(\d{5})")
+
+
+def windows_of(folder: Path) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """{(start, end): {firing: rows}} of the Parquet files in `folder`."""
+    out: dict = {}
+    for path in sorted(folder.glob("*.parquet")):
+        m = FILE_NAME.fullmatch(path.stem)
+        assert m, path.name
+        rows = pq.read_table(path).to_pylist()
+        out.setdefault((m[2], m[3]), {}).setdefault(m[4], []).extend(rows)
+    return out
+
+
+def error_row(uri: str) -> dict:
+    import datetime as dt
+
+    return Failure(uri, "read", "x").to_row("w", dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+
+
+def test_each_window_and_each_late_firing_gets_its_own_files(tmp_path):
+    stream = (
+        TestStream()
+        .add_elements([TimestampedValue(error_row(u), t) for u, t in [("a", 1), ("b", 9)]])
+        .add_elements([TimestampedValue(error_row("c"), 12)])
+        .advance_watermark_to(25)  # closes [0, 10) and [10, 20)
+        .add_elements([TimestampedValue(error_row("late"), 5)])  # within the lateness
+        .advance_watermark_to(100)
+        .add_elements([TimestampedValue(error_row("too late"), 6)])  # 100 > 10 + 60: dropped
+        .advance_watermark_to_infinity()
+    )
+
+    def build(p):
+        _ = (
+            p
+            | stream
+            | output_windowing(window_s=10, allowed_lateness_s=60)
+            | WriteWindowedTable(str(tmp_path), "errors", tables.ERRORS_SCHEMA, "w")
+        )
+
+    run_streaming(build)
+    windows = windows_of(tmp_path / "errors")
+    first, second = ("19700101T000000Z", "19700101T000010Z"), ("19700101T000010Z", "19700101T000020Z")
+    assert set(windows) == {first, second}
+    firings = sorted(sorted(r["image_uri"] for r in rows) for rows in windows[first].values())
+    assert firings == [["a", "b"], ["late"]]  # the late firing did not overwrite the first
+    assert [sorted(r["image_uri"] for r in rows) for rows in windows[second].values()] == [["c"]]
+    assert not list((tmp_path / "errors").glob("*too late*"))
+
+
+# --- the streaming graph with the tiny model ------------------------------------------------
+
+
+def test_streaming_graph_mines_each_content_once_per_run_into_windows(tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    paths = {}
+    for name, seed in [("a", 0), ("b", 1), ("c", 2), ("late", 3)]:
+        paths[name] = str(images / f"{name}.png")
+        Image.fromarray(scene(seed)).save(paths[name])
+    paths["a_again"] = str(images / "a_copy.png")  # same bytes, another name
+    shutil.copy(paths["a"], paths["a_again"])
+    paths["broken"] = str(images / "broken.png")
+    Path(paths["broken"]).write_bytes(b"not a png")
+    output = tmp_path / "out"
+    options = MaskMineOptions(
+        [
+            "--streaming",
+            f"--output={output}",
+            f"--checkpoint={FIXTURES / 'sam_tiny.pth'}",
+            "--window_s=10",
+            "--allowed_lateness_s=60",
+            "--run_id=s1",
+            *FAST,
+        ]
+    )
+    stream = (
+        TestStream()
+        .add_elements([TimestampedValue(paths[n], t) for n, t in [("a", 1), ("broken", 2)]])
+        .add_elements([TimestampedValue(paths["b"], 3)])
+        .advance_watermark_to(12)
+        .add_elements([TimestampedValue(paths[n], t) for n, t in [("c", 13), ("a_again", 14)]])
+        .add_elements([TimestampedValue(paths["a"], 15)])  # the same URI notified again
+        .advance_watermark_to(25)
+        .add_elements([TimestampedValue(paths["late"], 4)])  # late for [0, 10)
+        .advance_watermark_to_infinity()
+    )
+    run_streaming(lambda p: mine_stream(p | stream, [], options))
+
+    first, second = ("19700101T000000Z", "19700101T000010Z"), ("19700101T000010Z", "19700101T000020Z")
+    mined = windows_of(output / "images")
+    assert set(mined) == {first, second}
+    on_time_and_late = sorted(sorted(r["image_uri"] for r in rows) for rows in mined[first].values())
+    assert on_time_and_late == [[paths["a"], paths["b"]], [paths["late"]]]
+    # a_copy.png and the second notice of a.png have a.png's bytes: mined once, in the run.
+    assert [sorted(r["image_uri"] for r in rows) for rows in mined[second].values()] == [
+        [paths["c"]]
+    ]
+    masks = windows_of(output / "masks")
+    rows = [r for firings in masks.values() for rs in firings.values() for r in rs]
+    assert {r["image_uri"] for r in rows} == {paths[n] for n in ("a", "b", "c", "late")}
+    assert all(r["run_id"] == "s1" and r["model_type"] == "custom" for r in rows)
+    errors = windows_of(output / "errors")
+    assert list(errors) == [first]
+    [error] = [r for rs in errors[first].values() for r in rs]
+    assert (error["image_uri"], error["stage"]) == (paths["broken"], "decode")
