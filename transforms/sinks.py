@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.value_provider import StaticValueProvider
 from apache_beam.transforms.window import GlobalWindow
 
 from schemas import tables
@@ -215,7 +216,9 @@ class WriteWindowedTable(beam.PTransform):
         return rows | fileio.WriteToFiles(
             path=directory,
             file_naming=WindowedFileNaming(self.run_id),
-            temp_directory=FileSystems.join(directory, f".temp-{self.run_id}"),
+            temp_directory=StaticValueProvider(
+                str, FileSystems.join(directory, f".temp-{self.run_id}")
+            ),
             sink=functools.partial(_parquet_sink, self.schema),
             shards=1,
         )
