@@ -25,7 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PBegin, PCollection, TaggedOutput
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from .read import (
     ERRORS,
@@ -215,7 +215,7 @@ class WatchImageURIs(beam.PTransform):
     def expand(self, pbegin: PBegin) -> PCollection:
         # MatchContinuously's default start is its module's import time: pass "now".
         start = Timestamp.now()
-        stop = start + self._stop_after_s if self._stop_after_s else window.MAX_TIMESTAMP
+        stop = start + self._stop_after_s if self._stop_after_s else MAX_TIMESTAMP
         found = []
         for i, pattern in enumerate(self._patterns):
             found.append(
