@@ -3,6 +3,10 @@
 maskmine --input 'data/*.jpg' --output out/ --checkpoint sam_vit_h_4b8939.pth
 maskmine                                  # bundled sample images and model -> out/
 maskmine --runner DataflowRunner --project P --region R --temp_location gs://b/tmp ...
+
+Subcommands read a finished run back (no subcommand means mine):
+maskmine inspect out/ [--images N | URI ...] [--out DIR]   # overlay PNGs, histograms, HTML
+maskmine export out/ --format sa1b|coco --dest DIR_OR_FILE
 """
 
 from __future__ import annotations
@@ -16,10 +20,30 @@ import apache_beam as beam
 from .graph import ConfigError, build_pipeline, resolve_defaults, summarize
 from .options import MaskMineOptions
 
+SUBCOMMANDS = ("inspect", "export")
+SUBCOMMANDS_HELP = """\
+maskmine: mine segmentation masks with SAM into Parquet tables.
+
+usage: maskmine [mining options]                  mine (all options below)
+       maskmine inspect OUTPUT [--images N | URI ...] [--out DIR] [--max_masks N]
+                                                  overlay PNGs, run histograms, index.html
+       maskmine export OUTPUT --format sa1b|coco --dest DIR_OR_FILE
+                                                  SA-1B JSON per image, or one COCO JSON
+       maskmine inspect --help, maskmine export --help: their options
+
+Mining options:
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        # Imported only here: mining needs none of matplotlib and the exporters.
+        from exports.commands import COMMANDS
+
+        return COMMANDS[argv[0]](argv[1:])
     if any(a in ("-h", "--help") for a in argv):
+        print(SUBCOMMANDS_HELP, flush=True)
         MaskMineOptions(["--help"])  # argparse prints the help and exits
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = MaskMineOptions(argv)

@@ -41,6 +41,24 @@ def best_ious(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return (inter / union.clamp(min=1)).max(dim=1).values.numpy()
 
 
+RECALL_THRESHOLDS = (0.5, 0.75)
+
+
+def match_summary(ious: Sequence[np.ndarray]) -> dict[str, float]:
+    """recall@t (t in RECALL_THRESHOLDS), mean best IoU and object count over all objects.
+
+    `ious`: per scene, the (K,) best IoUs of its ground-truth objects (see `best_ious`);
+    recall@t is the fraction of all objects whose best IoU is at least t.
+    """
+    all_ious = np.concatenate([np.zeros(0), *(np.ravel(i) for i in ious)])
+    found = {t: float((all_ious >= t).mean()) if len(all_ious) else 0.0 for t in RECALL_THRESHOLDS}
+    return {
+        **{f"recall@{t}": r for t, r in found.items()},
+        "mean_best_iou": float(all_ious.mean()) if len(all_ious) else 0.0,
+        "gt_objects": len(all_ious),
+    }
+
+
 def innermost_point(mask: np.ndarray) -> tuple[int, int]:
     """(x, y) of the pixel of an (H, W) bool mask farthest from its boundary."""
     distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
@@ -63,12 +81,8 @@ def evaluate_amg(model: Sam, scenes: Sequence[Scene], **amg_kwargs) -> dict[str,
         pred = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0,))
         ious.append(best_ious(scene.masks, pred))
         counts.append(len(records))
-    all_ious = np.concatenate(ious)
     return {
-        "recall@0.5": float((all_ious >= 0.5).mean()),
-        "recall@0.75": float((all_ious >= 0.75).mean()),
-        "mean_best_iou": float(all_ious.mean()),
-        "gt_objects": len(all_ious),
+        **match_summary(ious),
         "masks_per_image": float(np.mean(counts)),
         "masks_min": int(np.min(counts)),
         "masks_max": int(np.max(counts)),

@@ -1,0 +1,201 @@
+"""`maskmine inspect`: overlay PNGs for chosen images, a summary PNG and an HTML page.
+
+Layout under the destination folder (local or gs://):
+  index.html, summary.png, overlays/NNN_<file name>.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+from pycocotools import mask as mask_utils
+
+from transforms.decode import decode_image_bytes, read_image_bytes
+from transforms.read import normalize_uri
+
+from . import render
+from .dataset import RunImage, load_run
+from .files import write_bytes, write_text
+from .page import ImageEntry, RunFacts, render_page
+from .tables import RunError, check_run, read_table
+
+DEFAULT_IMAGES = 8
+DEFAULT_MAX_MASKS = 100
+_ERRORS_LISTED = 50
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectResult:
+    """Paths written (under the destination folder)."""
+
+    index: str
+    summary: str
+    overlays: list[str]
+
+
+def choose_uris(all_uris: Sequence[str], selection: Sequence[str] | None) -> list[str]:
+    """URIs to draw: the first DEFAULT_IMAGES (sorted), the first N if `selection` is one
+    integer, or the URIs listed (local paths may be relative). Raises RunError for URIs
+    that are not in the run."""
+    ordered = sorted(all_uris)
+    if not selection:
+        return ordered[:DEFAULT_IMAGES]
+    if len(selection) == 1 and selection[0].isdigit():
+        return ordered[: int(selection[0])]
+    known = set(ordered)
+    wanted = [normalize_uri(u) for u in selection]
+    missing = [u for u in wanted if u not in known]
+    if missing:
+        raise RunError(f"not mined in this run (no images row): {', '.join(missing)}")
+    return list(dict.fromkeys(wanted))
+
+
+def source_pixels(image: RunImage) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 pixels as mined (the pipeline's decoder, EXIF applied) and a note.
+
+    When the source cannot be read, or no longer matches what was mined, the pixels are a
+    grey canvas of the mined size and the note says why: the masks are still drawn.
+    """
+    grey = np.full((image.height, image.width, 3), 128, np.uint8)
+    try:
+        data = read_image_bytes(image.uri)
+        pixels = decode_image_bytes(data)
+    except Exception as e:  # shown on the page: a moved source must not stop the others
+        return grey, f"source image unavailable ({e}); masks drawn on grey"
+    if pixels.shape[:2] != (image.height, image.width):
+        return grey, (
+            f"source is now {pixels.shape[1]} x {pixels.shape[0]} px, mined at "
+            f"{image.width} x {image.height}; masks drawn on grey"
+        )
+    if hashlib.sha256(data).hexdigest() != image.sha256:
+        return pixels, "source file changed since it was mined (sha256 differs)"
+    return pixels, ""
+
+
+def shown_masks(image: RunImage, max_masks: int) -> list[dict]:
+    """Masks to draw: all, or the `max_masks` with the highest predicted IoU (0 = all)."""
+    masks = image.masks
+    if 0 < max_masks < len(masks):
+        masks = sorted(masks, key=lambda m: -m["predicted_iou"])[:max_masks]
+    return masks
+
+
+def overlay_png(pixels: np.ndarray, masks: Sequence[dict]) -> bytes:
+    """PNG of `masks` (masks-table rows) over `pixels`, largest drawn first."""
+    order = render.draw_order(masks)
+    rows = [masks[i] for i in order]
+    colours = render.distinct_colours(len(rows))
+    h, w = pixels.shape[:2]
+    decoded = (
+        np.stack([mask_utils.decode(m["segmentation"]).astype(bool) for m in rows])
+        if rows
+        else np.zeros((0, h, w), bool)
+    )
+    boxes = np.array([m["bbox"] for m in rows], dtype=np.float64).reshape(-1, 4)
+    points = [np.asarray(m["point_coords"], dtype=np.float64) for m in rows]
+    return render.render_overlay(pixels, decoded, boxes, points, colours)
+
+
+def overlay_name(index: int, uri: str) -> str:
+    stem = posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
+    stem = _UNSAFE.sub("_", stem).strip("_") or "image"
+    return f"overlays/{index:03d}_{stem}.png"
+
+
+def _unique(table: pa.Table, column: str) -> list:
+    return pc.unique(table.column(column)).to_pylist()
+
+
+def run_facts(output: str) -> tuple[RunFacts, bytes]:
+    """Run-level figures and the summary PNG, from the tables' small columns only."""
+    images = read_table(output, "images", ["image_uri", "masks_kept", "run_id"])
+    masks = read_table(
+        output,
+        "masks",
+        [
+            "area",
+            "predicted_iou",
+            "stability_score",
+            "model_type",
+            "checkpoint_sha256",
+            "generator_params",
+            "run_id",
+        ],
+    )
+    errors = read_table(output, "errors", ["image_uri", "stage", "error"])
+    pairs = masks.select(["model_type", "checkpoint_sha256"]).group_by(
+        ["model_type", "checkpoint_sha256"]
+    )
+    models = sorted(
+        f"{r['model_type']} {r['checkpoint_sha256'][:12]}" for r in pairs.aggregate([]).to_pylist()
+    )
+    params = sorted(
+        {json.dumps(json.loads(p), sort_keys=True) for p in _unique(masks, "generator_params")}
+    )
+    run_ids = sorted(set(_unique(images, "run_id")) | set(_unique(masks, "run_id")))
+    facts = RunFacts(
+        output=output,
+        images=images.num_rows,
+        masks=masks.num_rows,
+        errors=errors.num_rows,
+        run_ids=run_ids,
+        models=models,
+        generator_params=params,
+        error_rows=[tuple(r.values()) for r in errors.slice(0, _ERRORS_LISTED).to_pylist()],
+    )
+    summary = render.render_summary(
+        images.column("masks_kept").to_pylist(),
+        masks.column("area").to_pylist(),
+        masks.column("predicted_iou").to_pylist(),
+        masks.column("stability_score").to_pylist(),
+        title=f"{output}: {facts.images} images, {facts.masks} masks",
+    )
+    return facts, summary
+
+
+def inspect_run(
+    output: str,
+    dest: str,
+    selection: Sequence[str] | None = None,
+    max_masks: int = DEFAULT_MAX_MASKS,
+) -> InspectResult:
+    """Write the overlays of the chosen images, the summary and index.html under `dest`."""
+    check_run(output)
+    all_uris = read_table(output, "images", ["image_uri"]).column(0).to_pylist()
+    uris = choose_uris(all_uris, selection)
+    facts, summary_png = run_facts(output)
+    summary = FileSystems.join(dest, "summary.png")
+    write_bytes(summary, summary_png)
+    entries, overlays = [], []
+    for i, image in enumerate(load_run(output, uris)):
+        pixels, note = source_pixels(image)
+        masks = shown_masks(image, max_masks)
+        name = overlay_name(i, image.uri)
+        path = FileSystems.join(dest, *name.split("/"))
+        write_bytes(path, overlay_png(pixels, masks))
+        overlays.append(path)
+        entries.append(
+            ImageEntry(
+                uri=image.uri,
+                width=image.width,
+                height=image.height,
+                masks=len(image.masks),
+                masks_generated=image.masks_generated,
+                masks_shown=len(masks),
+                overlay=name,
+                note=note,
+            )
+        )
+    index = FileSystems.join(dest, "index.html")
+    write_text(index, render_page(facts, "summary.png", entries))
+    return InspectResult(index=index, summary=summary, overlays=overlays)

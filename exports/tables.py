@@ -1,0 +1,80 @@
+"""Read a finished run's Parquet tables (OUTPUT/<table>/*.parquet) through Beam's FileSystems.
+
+FileSystems resolves the scheme, so local folders and gs:// buckets read alike. A run folder
+holds one set of part files per pipeline run; a table here is all of them concatenated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from schemas import tables
+
+TABLES = ("masks", "images", "errors")
+
+
+class RunError(ValueError):
+    """OUTPUT is not a readable maskmine run (missing, or holds no tables); says why."""
+
+
+def table_files(output: str, table: str) -> list[str]:
+    """Sorted paths of the Parquet part files of `table` under `output` (may be empty)."""
+    pattern = FileSystems.join(output, table, "*.parquet")
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # Beam raises when a local folder is missing; that is "no files"
+        return []
+    return sorted(m.path for m in matched)
+
+
+def check_run(output: str) -> None:
+    """Raise RunError unless `output` holds a masks or images table."""
+    if table_files(output, "images") or table_files(output, "masks"):
+        return
+    # A gs:// "folder" is only a prefix, so exists() alone cannot tell; look for any object.
+    try:
+        anything = FileSystems.exists(output) or bool(
+            FileSystems.match([FileSystems.join(output, "**")], limits=[1])[0].metadata_list
+        )
+    except Exception:
+        anything = False
+    if not anything:
+        raise RunError(f"{output}: no such run folder")
+    raise RunError(
+        f"{output}: no maskmine tables here (expected {output}/images/*.parquet and "
+        f"{output}/masks/*.parquet, as written by `maskmine --output {output}`)"
+    )
+
+
+def read_table(
+    output: str,
+    table: str,
+    columns: Sequence[str] | None = None,
+    image_uris: Iterable[str] | None = None,
+) -> pa.Table:
+    """All rows of `table` under `output`, optionally only `columns` and rows of `image_uris`.
+
+    A table with no files reads as an empty table of its schema, so that a run where every
+    image failed still has (empty) masks and images tables.
+    """
+    schema = tables.SCHEMAS[table]
+    wanted = list(columns) if columns is not None else schema.names
+    uris = pa.array(sorted(set(image_uris)), pa.string()) if image_uris is not None else None
+    # image_uri must be read to filter on it, even when the caller did not ask for it.
+    read = wanted if uris is None or "image_uri" in wanted else [*wanted, "image_uri"]
+    parts = []
+    for path in table_files(output, table):
+        with FileSystems.open(path) as f:
+            part = pq.read_table(f, columns=read)
+        if uris is not None:
+            part = part.filter(pc.is_in(part.column("image_uri"), value_set=uris))
+        parts.append(part.select(wanted))
+    if not parts:
+        return schema.empty_table().select(wanted)
+    # Part files of one schema version share a schema; metadata may differ across runs.
+    return pa.concat_tables(parts, promote_options="default")
