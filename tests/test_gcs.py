@@ -16,7 +16,6 @@ import http.client
 import http.server
 import io
 import json
-import os
 import socket
 import subprocess
 import sys

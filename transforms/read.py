@@ -137,10 +137,12 @@ class _MatchFn(beam.DoFn):
 
 def read_error_reason(e: BaseException) -> str:
     """Readable reason for an exception raised opening, reading or listing a file."""
-    # BeamIOError wraps the real exception per path; describe that one.
+    # BeamIOError wraps the real exception per path (a match wraps a list error that wraps
+    # the client's): describe the innermost one.
     details = getattr(e, "exception_details", None)
-    if isinstance(details, dict) and details:
+    while isinstance(details, dict) and details:
         e = next(iter(details.values()))
+        details = getattr(e, "exception_details", None)
     code = getattr(e, "code", None)  # google.api_core errors carry the HTTP status
     if isinstance(e, FileNotFoundError) or code == 404:
         return "file not found"
