@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 OVERLAY_ALPHA = 0.55
 # Overlays are drawn at an integer multiple of the image size (nearest neighbour), so that
@@ -121,6 +122,8 @@ def render_summary(
         bins = np.arange(-0.5, top + 1.5) if top <= 40 else 30
         ax.hist(counts, bins=bins, color="#4c72b0", edgecolor="white")
     ax.set(title=f"masks per image ({len(counts)} images)", xlabel="masks", ylabel="images")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
     ax = axes[0, 1]
     area = np.asarray(areas, dtype=np.float64)
@@ -128,6 +131,10 @@ def render_summary(
         lo, hi = max(1.0, area.min()), max(2.0, area.max())
         ax.hist(area, bins=np.geomspace(lo, hi * 1.0001, 30), color="#55a868", edgecolor="white")
         ax.set_xscale("log")
+        # Ticks at 1, 2, 5 x 10^k as plain numbers: readable over a decade or two.
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(title=f"mask area ({len(area)} masks)", xlabel="area (px, log scale)", ylabel="masks")
 
     for ax, values, name, colour in (
