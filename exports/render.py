@@ -123,7 +123,6 @@ def render_summary(
         ax.hist(counts, bins=bins, color="#4c72b0", edgecolor="white")
     ax.set(title=f"masks per image ({len(counts)} images)", xlabel="masks", ylabel="images")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
     ax = axes[0, 1]
     area = np.asarray(areas, dtype=np.float64)
@@ -142,8 +141,11 @@ def render_summary(
         (axes[1, 1], stability_scores, "stability score", "#8172b2"),
     ):
         values = np.asarray(values, dtype=np.float64)
+        # Predicted IoU is a regression output: an untrained model strays outside [0, 1].
+        lo = min(0.0, float(values.min())) if len(values) else 0.0
+        hi = max(1.0, float(values.max())) if len(values) else 1.0
         if len(values):
-            ax.hist(values, bins=np.linspace(0, 1, 41), color=colour, edgecolor="white")
+            ax.hist(values, bins=np.linspace(lo, hi, 41), color=colour, edgecolor="white")
             ax.axvline(
                 float(np.median(values)),
                 color="black",
@@ -152,7 +154,9 @@ def render_summary(
                 label=f"median {np.median(values):.3f}",
             )
             ax.legend(loc="upper left")
-        ax.set(title=name, xlabel=name, ylabel="masks", xlim=(0, 1))
+        ax.set(title=name, xlabel=name, ylabel="masks", xlim=(lo, hi))
+    for ax in axes.flat:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
     if not len(area):
         fig.text(0.5, 0.5, "no masks in this run", ha="center", va="center", fontsize=20)
     buf = io.BytesIO()
