@@ -1,0 +1,88 @@
+"""Quality gate: the whole pipeline on held-out synthetic scenes, scored against exact ground
+truth (benchmarks/quality.py on a few scenes).
+
+The committed model must pass GATE; seeded random weights of the same config must fail it.
+GATE and FLAGS come from what the committed model gives now (see the README of
+sam_core/weights), with margin: raise them when the model improves. Measured on the 3 scenes
+with FLAGS: committed model recall@0.5 0.115, recall@0.75 0.0, mean best IoU 0.315, 163 masks
+per image; random weights 0.0, 0.0, 0.016, 1 mask per image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.quality import (
+    SceneScore,
+    random_checkpoint,
+    run_quality,
+    score,
+    summary,
+    write_scenes,
+)
+from pipeline.graph import BUNDLED_CHECKPOINT
+from sam_core.scenes import EVAL_SEED_START
+
+SCENES = 3
+# The committed model's predicted IoUs sit near 0.2 and its stability is low, so the
+# reference thresholds keep no mask: gate on what the model ranks, not on its own scores.
+FLAGS = ["--points_per_side=8", "--pred_iou_thresh=0", "--stability_score_thresh=0"]
+GATE = {"mean_best_iou": 0.2, "recall@0.5": 0.05}
+
+
+def passes(figures: dict[str, float]) -> bool:
+    return all(figures[key] >= bound for key, bound in GATE.items())
+
+
+@pytest.fixture(scope="module")
+def committed() -> tuple[list[SceneScore], list[SceneScore]]:
+    return run_quality(SCENES, str(BUNDLED_CHECKPOINT), FLAGS)
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> tuple[list[SceneScore], list[SceneScore]]:
+    checkpoint = random_checkpoint(tmp_path_factory.mktemp("random") / "random.pth")
+    return run_quality(SCENES, str(checkpoint), FLAGS)
+
+
+def test_the_committed_model_passes_the_gate(committed):
+    scores, _ = committed
+    figures = summary(scores)
+    assert [s.seed for s in scores] == [EVAL_SEED_START + i for i in range(SCENES)]
+    assert figures["gt_objects"] >= 3 * SCENES
+    assert passes(figures), figures
+
+
+def test_random_weights_fail_the_gate(random_weights):
+    figures = summary(random_weights[0])
+    assert not passes(figures), figures
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the committed model's best-ranked masks are prompt-shaped blobs that barely depend "
+    "on the image (against another scene's objects they score about the same); when a "
+    "retrained model passes, remove this marker and raise GATE",
+)
+def test_the_masks_follow_the_image(committed):
+    scores, control = committed
+    assert summary(scores)["mean_best_iou"] >= summary(control)["mean_best_iou"] + 0.1
+
+
+def test_scoring_gives_perfect_masks_full_marks_and_the_control_less(tmp_path: Path):
+    truth = write_scenes(tmp_path, 3, (64, 64))
+    pred = {name: masks for name, (_, masks) in truth.items()}
+    figures = summary(score(pred, truth))
+    assert figures["recall@0.75"] == figures["mean_best_iou"] == 1.0
+    assert figures["masks_per_image"] == np.mean([len(m) for m in pred.values()])
+    assert summary(score(pred, truth, control=True))["mean_best_iou"] < 0.8
+    nothing = {name: masks[:0] for name, masks in pred.items()}
+    assert summary(score(nothing, truth))["recall@0.5"] == 0.0
+
+
+def test_training_seeds_are_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="training seed"):
+        write_scenes(tmp_path, 1, seed_start=EVAL_SEED_START - 1)
