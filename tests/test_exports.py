@@ -7,6 +7,7 @@ the module.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ from exports.sa1b import json_names
 from pipeline.cli import main
 
 from .conftest import FIXTURES
+from .test_gcs import BUCKET, gcs  # noqa: F401 (a GCS emulator: pytest finds the fixture here)
 from .test_pipeline_e2e import FAST, read_table, scene
 
 SA1B_IMAGE_KEYS = {"image_id", "width", "height", "file_name"}
@@ -189,3 +191,46 @@ def test_export_needs_a_known_format(run, tmp_path, capsys):
         main(["export", str(run), "--format", "yolo", "--dest", str(tmp_path / "x")])
     assert exit_.value.code == 2
     assert "invalid choice: 'yolo'" in capsys.readouterr().err
+
+
+def test_inspect_and_export_work_on_a_gs_run(run, request, tmp_path, capsys):
+    """Tables, source images and outputs all on gs:// (a local GCS emulator)."""
+    bucket = request.getfixturevalue("gcs")["bucket"]
+    for path in (run.parent / "images").glob("img_*.png"):
+        bucket.blob(f"src/{path.name}").upload_from_filename(str(path))
+    for table in ("images", "masks", "errors"):
+        for path in (run / table).glob("*.parquet"):
+            data = pq.read_table(path)
+            uris = [
+                f"gs://{BUCKET}/src/{Path(u).name}" for u in data.column("image_uri").to_pylist()
+            ]
+            column = data.schema.get_field_index("image_uri")
+            data = data.set_column(column, data.schema.field(column), pa.array(uris))
+            buf = io.BytesIO()
+            pq.write_table(data, buf)
+            bucket.blob(f"run/{table}/{path.name}").upload_from_string(buf.getvalue())
+
+    assert main(["inspect", f"gs://{BUCKET}/run", "--max_masks", "0"]) == 0
+    written = {b.name for b in bucket.list_blobs(prefix="run/inspect/")}
+    assert {"run/inspect/index.html", "run/inspect/summary.png"} <= written
+    overlays = sorted(n for n in written if n.startswith("run/inspect/overlays/"))
+    assert len(overlays) == 3
+    picture = np.asarray(Image.open(io.BytesIO(bucket.blob(overlays[0]).download_as_bytes())))
+    # The source was read from the bucket: not the grey stand-in for a missing source.
+    assert (np.abs(picture[..., :3].astype(int) - 128).max(axis=2) > 10).mean() > 0.5
+    assert (
+        "source image unavailable" not in bucket.blob("run/inspect/index.html").download_as_text()
+    )
+
+    dest = f"gs://{BUCKET}/exports/coco.json"
+    assert main(["export", f"gs://{BUCKET}/run", "--format", "coco", "--dest", dest]) == 0
+    local = tmp_path / "coco.json"
+    bucket.blob("exports/coco.json").download_to_filename(str(local))
+    coco = COCO(str(local))
+    assert len(coco.getAnnIds()) == len(masks_by_id(run))
+    assert {im["coco_url"] for im in coco.loadImgs(coco.getImgIds())} == {
+        f"gs://{BUCKET}/src/img_{i}.png" for i in range(3)
+    }
+
+    assert main(["export", f"gs://{BUCKET}/nothing", "--format", "sa1b", "--dest", "x"]) == 2
+    assert f"gs://{BUCKET}/nothing: no such run folder" in capsys.readouterr().err
