@@ -33,8 +33,9 @@ def table_files(output: str, table: str) -> list[str]:
 
 
 def check_run(output: str) -> None:
-    """Raise RunError unless `output` holds a masks or images table."""
-    if table_files(output, "images") or table_files(output, "masks"):
+    """Raise RunError unless `output` holds at least one of the tables (a run where every
+    input failed has only errors/)."""
+    if any(table_files(output, table) for table in TABLES):
         return
     # A gs:// "folder" is only a prefix, so exists() alone cannot tell; look for any object.
     try:
