@@ -47,7 +47,7 @@ def choose_uris(all_uris: Sequence[str], selection: Sequence[str] | None) -> lis
     """URIs to draw: the first DEFAULT_IMAGES (sorted), the first N if `selection` is one
     integer, or the URIs listed (local paths may be relative). Raises RunError for URIs
     that are not in the run."""
-    ordered = sorted(all_uris)
+    ordered = sorted(set(all_uris))  # an image mined by two runs is drawn once
     if not selection:
         return ordered[:DEFAULT_IMAGES]
     if len(selection) == 1 and selection[0].isdigit():
