@@ -96,27 +96,36 @@ def mine(images: Path, output: Path, checkpoint: str, flags: Sequence[str] = ())
     pipeline.run().wait_until_finish()
 
 
-def mined_masks(output: Path, names: Sequence[str], size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """File name -> (N, H, W) bool masks of that image in the masks table under `output`."""
-    found: dict[str, list[np.ndarray]] = {name: [] for name in names}
+def mined_rles(output: Path, names: Sequence[str]) -> dict[str, list[dict]]:
+    """File name -> COCO RLEs of that image's masks in the masks table under `output`."""
+    found: dict[str, list[dict]] = {name: [] for name in names}
     for row in read_table(str(output), "masks", ["image_uri", "segmentation"]).to_pylist():
-        found[Path(row["image_uri"]).name].append(mask_utils.decode(row["segmentation"]) > 0)
-    return {n: np.stack(m) if m else np.zeros((0, *size), bool) for n, m in found.items()}
+        found[Path(row["image_uri"]).name].append(row["segmentation"])
+    return found
+
+
+def decode(rles: Sequence[dict], size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) bool masks of N COCO RLEs."""
+    if not rles:
+        return np.zeros((0, *size), bool)
+    return np.stack([mask_utils.decode(r) > 0 for r in rles])
 
 
 def score(
-    pred: dict[str, np.ndarray], truth: dict[str, tuple[int, np.ndarray]], control: bool = False
+    pred: dict[str, list[dict]], truth: dict[str, tuple[int, np.ndarray]], control: bool = False
 ) -> list[SceneScore]:
-    """Match each scene's mined masks (`pred`, file name -> (N, H, W)) with its ground truth.
+    """Match each scene's mined masks (`pred`, file name -> RLEs) with its ground truth.
 
     control=True matches them with the *next* scene's ground truth instead: masks that
     follow the image score clearly lower there; masks that ignore it score the same.
+    Masks are decoded one scene at a time (thousands of masks per scene at low thresholds).
     """
     names = list(truth)
     scores = []
     for i, name in enumerate(names):
         seed, gt = truth[names[(i + 1) % len(names)] if control else name]
-        scores.append(SceneScore(name, seed, best_ious(gt, pred[name]), len(pred[name])))
+        masks = decode(pred[name], gt.shape[1:])
+        scores.append(SceneScore(name, seed, best_ious(gt, masks), len(masks)))
     return scores
 
 
@@ -141,7 +150,7 @@ def run_quality(
         root = Path(workdir or tmp)
         truth = write_scenes(root / "scenes", count, size)
         mine(root / "scenes", root / "out", checkpoint, flags)
-        pred = mined_masks(root / "out", list(truth), size)
+        pred = mined_rles(root / "out", list(truth))
     return score(pred, truth), score(pred, truth, control=True)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from benchmarks.quality import (
     SceneScore,
@@ -74,7 +75,10 @@ def test_the_masks_follow_the_image(committed):
 
 def test_scoring_gives_perfect_masks_full_marks_and_the_control_less(tmp_path: Path):
     truth = write_scenes(tmp_path, 3, (64, 64))
-    pred = {name: masks for name, (_, masks) in truth.items()}
+    pred = {
+        name: [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+        for name, (_, masks) in truth.items()
+    }
     figures = summary(score(pred, truth))
     assert figures["recall@0.75"] == figures["mean_best_iou"] == 1.0
     assert figures["masks_per_image"] == np.mean([len(m) for m in pred.values()])
