@@ -67,11 +67,14 @@ class Attention(nn.Module):
         tokens: torch.Tensor,
         image_keys: torch.Tensor,
         image_values: torch.Tensor,
+        image_pe: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Few token queries (B, N, C) over image tokens (B or 1, hw, C) -> (B, N, C).
 
-        k_proj is folded into the queries and v_proj applied after the weighted sum,
-        so the image tokens are never projected.
+        The keys are image_keys + image_pe ((1, hw, C), optional), never summed
+        into a (B, hw, C) tensor: the positional part of the scores is one GEMM
+        shared by the batch. k_proj is folded into the queries and v_proj applied
+        after the weighted sum, so the image tokens are never projected.
         """
         b, n, _ = tokens.shape
         q = self.split_heads(self.q_proj(tokens))  # (B, h, N, d)
@@ -81,15 +84,19 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(self.head_dim)
         if image_keys.shape[0] == 1 and b > 1:
             # Shared image tokens: one GEMM for all prompts of the batch.
-            scores = (q_folded.reshape(-1, q_folded.shape[-1]) @ image_keys[0].T).view(
-                b, q_folded.shape[1], -1
-            )
+            if image_pe is not None:
+                image_keys = image_keys + image_pe
+            scores = _shared_scores(q_folded, image_keys)
             probs = torch.softmax(scores * scale, dim=-1)
             mixed = (probs.reshape(-1, probs.shape[-1]) @ image_values[0]).view(
                 b, -1, tokens.shape[-1]
             )
         else:
-            scores = q_folded @ image_keys.transpose(1, 2)  # (B, h*N, hw)
+            keys_t = image_keys.transpose(1, 2)
+            if image_pe is None:
+                scores = q_folded @ keys_t  # (B, h*N, hw)
+            else:
+                scores = torch.baddbmm(_shared_scores(q_folded, image_pe), q_folded, keys_t)
             probs = torch.softmax(scores * scale, dim=-1)
             mixed = probs @ image_values  # (B, h*N, C)
         # sum_j p_j (W_v x_j + b_v) = W_v (sum_j p_j x_j) + b_v, since sum_j p_j = 1.
@@ -111,12 +118,20 @@ class Attention(nn.Module):
         return self.out_proj(out.reshape(b, n, -1))
 
     def image_to_tokens(
-        self, image_queries: torch.Tensor, token_keys: torch.Tensor, token_values: torch.Tensor
+        self,
+        image_queries: torch.Tensor,
+        token_keys: torch.Tensor,
+        token_values: torch.Tensor,
+        image_pe: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Image token queries (B or 1, hw, C) over few token keys/values (B, N, C).
 
-        Returns (B, hw, C). q_proj is folded into the token keys and out_proj into
-        the token values, so the image tokens are never projected.
+        The queries are image_queries + image_pe ((1, hw, C), optional), summed
+        only through the scores as in `tokens_to_image`. Returns (B, hw, C), plus
+        `residual` ((B or 1, hw, C)) if given, added by the output GEMM instead of
+        another pass. q_proj is folded into the token keys and out_proj into the
+        token values, so the image tokens are never projected.
         """
         b, n, c = token_keys.shape
         h, d = self.num_heads, self.head_dim
@@ -128,15 +143,31 @@ class Attention(nn.Module):
         # Scores as (B, h*N, hw): the softmax runs over the N tokens of each head with
         # hw contiguous, which vectorises; a softmax over a last axis of ~7 does not.
         if image_queries.shape[0] == 1 and b > 1:
-            scores = (k_folded.reshape(-1, c) @ image_queries[0].T).view(b, h * n, -1) + bias
+            if image_pe is not None:
+                image_queries = image_queries + image_pe
+            scores = _shared_scores(k_folded, image_queries).add_(bias)
         else:
+            if image_pe is not None:
+                bias = _shared_scores(k_folded, image_pe).add_(bias)
             scores = torch.baddbmm(bias, k_folded, image_queries.transpose(1, 2))
         scores = scores.view(b, h, n, -1)
         probs = torch.softmax(scores * (1.0 / math.sqrt(d)), dim=2).view(b, h * n, -1)
-        # W_o concat_h(sum_i p_hi v_hi) = sum_{h,i} p_hi (W_o,h v_hi)
+        # W_o concat_h(sum_i p_hi v_hi) = sum_{h,i} p_hi (W_o,h v_hi). The bias rides
+        # along as b_o / h on every row: each head's probabilities sum to 1.
         w_out = self.out_proj.weight.view(c, h, d).permute(1, 2, 0)  # (h, d, C)
-        v_out = (v @ w_out).reshape(b, h * n, c)
-        return torch.baddbmm(self.out_proj.bias, probs.transpose(1, 2), v_out)
+        v_out = (v @ w_out).reshape(b, h * n, c) + self.out_proj.bias / h
+        if residual is None:
+            return probs.transpose(1, 2) @ v_out
+        return torch.baddbmm(residual, probs.transpose(1, 2), v_out)
+
+
+def _shared_scores(queries: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+    """(B, Q, C) queries against image tokens shared by the batch (1, hw, C) -> (B, Q, hw).
+
+    One GEMM with B * Q rows instead of B small ones.
+    """
+    b, q, c = queries.shape
+    return (queries.reshape(b * q, c) @ image_tokens[0].T).view(b, q, -1)
 
 
 class ImageCache(NamedTuple):
@@ -202,17 +233,18 @@ class TwoWayAttentionBlock(nn.Module):
 
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         if cache is not None:
-            keys_pe = cache.keys_pe
             attn = t2i.tokens_to_image_cached(queries + query_pe, cache.t2i_k, cache.t2i_v)
+            image_queries, image_pe = cache.keys_pe, None
         else:
-            keys_pe = keys + key_pe
-            attn = t2i.tokens_to_image(queries + query_pe, keys_pe, keys)
+            attn = t2i.tokens_to_image(queries + query_pe, keys, keys, key_pe)
+            image_queries, image_pe = keys, key_pe
         queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
 
-        attn = i2t.image_to_tokens(keys_pe, queries + query_pe, queries)
-        keys = self.norm4(attn.add_(keys) if not torch.is_grad_enabled() else attn + keys)
-        return queries, keys
+        keys = i2t.image_to_tokens(
+            image_queries, queries + query_pe, queries, image_pe, residual=keys
+        )
+        return queries, self.norm4(keys)
 
 
 class TwoWayTransformer(nn.Module):
@@ -254,5 +286,5 @@ class TwoWayTransformer(nn.Module):
         for i, layer in enumerate(self.layers):
             queries, keys = layer(queries, keys, point_embedding, key_pe, cache if i == 0 else None)
         final = self.final_attn_token_to_image
-        attn = final.tokens_to_image(queries + point_embedding, keys + key_pe, keys)
+        attn = final.tokens_to_image(queries + point_embedding, keys, keys, key_pe)
         return self.norm_final_attn(queries + attn), keys
