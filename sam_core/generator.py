@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from . import mask_ops
@@ -269,41 +270,52 @@ class AutomaticMaskGenerator:
 
         crop_h, crop_w = embedding.original_size
         image_h, image_w = image_size
+        whole_image = list(crop_box) == [0, 0, image_w, image_h]
         chunk = max(1, _LOGIT_BUDGET_BYTES // (4 * crop_h * crop_w))
         kept, stability, boxes, areas, rles = [], [], [], [], []
         for start in range(0, len(keep), chunk):
             idx = keep[start : start + chunk]
-            # In bf16 mode the upscaling GEMMs and the passes over full-resolution
-            # logits run in bf16 too (half the memory traffic).
-            logits = upscale_masks(
-                low_res[idx].unsqueeze(1).to(self.predictor.decoder_dtype),
+            # Logits come out transposed, (n, W, H): the binary masks are then already
+            # in the column-major order pycocotools encodes. In bf16 mode the upscaling
+            # GEMMs and the passes over full-resolution logits run in bf16 too.
+            logits_t = upscale_masks(
+                low_res[idx].to(self.predictor.decoder_dtype),
                 embedding.input_size,
                 embedding.original_size,
                 self.predictor.model.image_size,
-            ).squeeze(1)
-            score = mask_ops.calculate_stability_score(logits, 0.0, self.stability_score_offset)
+                transposed=True,
+            )
+            score = mask_ops.calculate_stability_score(logits_t, 0.0, self.stability_score_offset)
             if self.stability_score_thresh > 0.0:
                 stable = score >= self.stability_score_thresh
-                idx, score, logits = idx[stable], score[stable], logits[stable]
-            masks = logits > 0.0
-            del logits
-            box = mask_ops.masks_to_boxes(masks)
+                idx, score, logits_t = idx[stable], score[stable], logits_t[stable]
+            masks_t = logits_t > 0.0
+            del logits_t
+            # Boxes and areas are read from the runs of the crop's RLE, not the pixels.
+            crop_rles = mask_ops.coco_encode_column_major(masks_t)
+            box, area = mask_ops.rle_boxes_and_areas(crop_rles)
             inside = ~mask_ops.is_box_near_crop_edge(
                 box, crop_box, [0, 0, image_w, image_h], _EDGE_TOLERANCE_PX
             )
-            idx, score, box, masks = idx[inside], score[inside], box[inside], masks[inside]
-            rles.extend(
-                mask_ops.coco_encode(mask_ops.uncrop_masks(masks, crop_box, image_h, image_w))
-            )
-            kept.append(idx)
-            stability.append(score)
-            boxes.append(box)
-            areas.append(masks.sum(dim=(1, 2)))
+            inside_list = inside.tolist()
+            if whole_image:
+                rles.extend(r for r, ok in zip(crop_rles, inside_list) if ok)
+            else:
+                x0, y0, x1, y1 = crop_box
+                # Zero-pad the transposed masks into the image frame: W axis, then H.
+                pad = (y0, image_h - y1, x0, image_w - x1)
+                rles.extend(
+                    mask_ops.coco_encode_column_major(F.pad(masks_t[inside.to(device)], pad))
+                )
+            kept.append(idx[inside.to(device)])
+            stability.append(score[inside.to(device)])
+            boxes.append(box[inside])
+            areas.append(area[inside])
         idx = torch.cat(kept) if kept else keep[:0]
         return _Masks(
             rles=rles,
-            areas=torch.cat(areas) if areas else keep[:0],
-            boxes=torch.cat(boxes) if boxes else keep.new_zeros(0, 4),
+            areas=torch.cat(areas).to(device) if areas else keep[:0],
+            boxes=torch.cat(boxes).to(device) if boxes else keep.new_zeros(0, 4),
             predicted_iou=iou[idx],
             stability_score=torch.cat(stability) if stability else iou[:0],
             points=point_xy[idx.cpu()],

@@ -351,6 +351,34 @@ def coco_encode(masks: np.ndarray | torch.Tensor) -> list[RLE]:
     return rles
 
 
+def coco_encode_column_major(masks_t: torch.Tensor) -> list[RLE]:
+    """(N, W, H) bool masks *stored transposed* -> COCO RLE of the (H, W) masks.
+
+    pycocotools reads masks in column-major order, which is the memory layout of a
+    contiguous (N, W, H) tensor: no transposing copy is made. Same output as
+    `coco_encode(masks_t.transpose(1, 2))`.
+    """
+    if masks_t.shape[0] == 0:
+        return []
+    column_major = masks_t.contiguous().cpu().view(torch.uint8).numpy()
+    rles = mask_utils.encode(column_major.transpose(2, 1, 0))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("utf-8")
+    return rles
+
+
+def rle_boxes_and_areas(rles: list[RLE]) -> tuple[torch.Tensor, torch.Tensor]:
+    """COCO RLEs -> (N, 4) int64 XYXY boxes (inclusive max, as `masks_to_boxes`) and (N,)
+    int64 areas, read from the runs instead of another pass over the pixels."""
+    if not rles:
+        return torch.zeros((0, 4), dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    xywh = torch.from_numpy(mask_utils.toBbox(rles)).long()
+    areas = torch.from_numpy(mask_utils.area(rles).astype(np.int64))
+    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], dim=1)
+    # An empty mask has box [0, 0, 0, 0] (toBbox gives w = h = 0, i.e. max -1).
+    return boxes.masked_fill((areas == 0)[:, None], 0), areas
+
+
 def area_from_rle(rle: RLE) -> int:
     """Foreground pixel count of an uncompressed COCO RLE (the sum of its odd runs)."""
     return int(sum(rle["counts"][1::2]))

@@ -123,8 +123,10 @@ def upscale_masks(
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     image_size: int,
+    transposed: bool = False,
 ) -> torch.Tensor:
-    """(B, M, s, s) low-res logits -> (B, M, H, W) logits at the original size.
+    """(B, M, s, s) low-res logits -> (B, M, H, W) logits at the original size, or
+    (B, M, W, H) contiguous if `transposed` (column-major masks for COCO RLE).
 
     The original model resizes bilinearly to the padded input square, crops away
     the padding and resizes bilinearly to the original size (align_corners=False
@@ -137,4 +139,8 @@ def upscale_masks(
     rows, cols = _upscale_matrices(
         low_res.shape[-1], image_size, tuple(input_size), tuple(original_size), low_res.device
     )
-    return rows.to(low_res.dtype) @ (low_res @ cols.to(low_res.dtype).T)
+    rows, cols = rows.to(low_res.dtype), cols.to(low_res.dtype)
+    if transposed:
+        # (R L C^T)^T = C L^T R^T
+        return cols @ (low_res.transpose(-1, -2) @ rows.T)
+    return rows @ (low_res @ cols.T)

@@ -16,11 +16,13 @@ from sam_core.mask_ops import (
     build_point_grid,
     calculate_stability_score,
     coco_encode,
+    coco_encode_column_major,
     generate_crop_boxes,
     is_box_near_crop_edge,
     masks_to_boxes,
     masks_to_rle,
     remove_small_regions,
+    rle_boxes_and_areas,
     rle_to_mask,
     uncrop_boxes_xyxy,
     uncrop_masks,
@@ -662,3 +664,36 @@ def test_remove_small_regions_matches_flood_fill(mode):
         assert changed == expected_changed
         n_changed += changed
     assert 10 < n_changed < 60  # both outcomes are exercised
+
+
+def _odd_masks() -> torch.Tensor:
+    """(6, 7, 5) masks: random, empty, full, one pixel in each corner region."""
+    rng = np.random.default_rng(3)
+    masks = np.zeros((6, 7, 5), dtype=bool)
+    masks[0] = rng.random((7, 5)) > 0.5
+    masks[2] = True
+    masks[3, 0, 4] = True
+    masks[4, 6, 0] = True
+    masks[5, 2:5, 1:3] = True
+    return torch.from_numpy(masks)
+
+
+def test_column_major_encoding_equals_encoding_the_transpose():
+    masks = _odd_masks()
+    rles = coco_encode_column_major(masks.transpose(1, 2).contiguous())
+    assert rles == coco_encode(masks)
+    for rle, mask in zip(rles, masks):
+        assert rle["size"] == [7, 5]
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), mask.numpy())
+    assert coco_encode_column_major(torch.zeros((0, 5, 7), dtype=torch.bool)) == []
+
+
+def test_boxes_and_areas_from_rle_equal_those_from_pixels():
+    masks = _odd_masks()
+    boxes, areas = rle_boxes_and_areas(coco_encode(masks))
+    assert boxes.tolist() == masks_to_boxes(masks).tolist()
+    assert boxes[1].tolist() == [0, 0, 0, 0] and areas[1] == 0  # empty mask
+    assert areas.tolist() == masks.sum(dim=(1, 2)).tolist()
+    assert boxes.dtype == areas.dtype == torch.int64
+    empty_boxes, empty_areas = rle_boxes_and_areas([])
+    assert empty_boxes.shape == (0, 4) and empty_areas.shape == (0,)

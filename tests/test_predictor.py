@@ -175,3 +175,7 @@ def test_upscale_equals_the_two_bilinear_interpolations(input_size, original_siz
     # from its float32 source positions); within the parity tolerance of the latter.
     torch.testing.assert_close(out.double(), truth, atol=1e-5, rtol=0)
     torch.testing.assert_close(out, two_interpolations(low), atol=1e-4, rtol=0)
+    # The transposed layout (for column-major RLE) holds the same values.
+    out_t = upscale_masks(low, input_size, original_size, 256, transposed=True)
+    assert out_t.shape == (2, 3, original_size[1], original_size[0]) and out_t.is_contiguous()
+    torch.testing.assert_close(out_t.transpose(-1, -2), out, atol=1e-5, rtol=0)
