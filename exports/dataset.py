@@ -12,6 +12,9 @@ import posixpath
 from collections.abc import Iterable
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from .tables import check_run, read_table
 
 
@@ -38,6 +41,28 @@ class RunImage:
         return posixpath.basename(self.uri.rstrip("/"))
 
 
+def newest_runs(images: pa.Table) -> dict[str, str]:
+    """image_uri -> run_id of its newest row in an images table (image_uri, run_id,
+    created_at columns)."""
+    newest: dict[str, tuple[Any, str]] = {}
+    columns = (images.column(c).to_pylist() for c in ("image_uri", "run_id", "created_at"))
+    for uri, run_id, created in zip(*columns):
+        if uri not in newest or created > newest[uri][0]:
+            newest[uri] = (created, run_id)
+    return {uri: run_id for uri, (_, run_id) in newest.items()}
+
+
+def keep_newest(table: pa.Table, newest: dict[str, str]) -> pa.Table:
+    """Rows of `table` (image_uri, run_id columns) from their image's newest run; rows of
+    images that `newest` does not know are kept."""
+    if not newest:
+        return table
+    keys = pc.binary_join_element_wise(table.column("image_uri"), table.column("run_id"), "\n")
+    wanted = pa.array([f"{uri}\n{run_id}" for uri, run_id in newest.items()], pa.string())
+    known = pc.is_in(table.column("image_uri"), value_set=pa.array(list(newest), pa.string()))
+    return table.filter(pc.or_(pc.is_in(keys, value_set=wanted), pc.invert(known)))
+
+
 def load_run(output: str, image_uris: Iterable[str] | None = None) -> list[RunImage]:
     """Images of the run folder `output` (all, or only `image_uris`) sorted by URI.
 
@@ -45,17 +70,13 @@ def load_run(output: str, image_uris: Iterable[str] | None = None) -> list[RunIm
     """
     check_run(output)
     uris = None if image_uris is None else set(image_uris)
-    newest: dict[str, dict[str, Any]] = {}
-    for row in read_table(output, "images", image_uris=uris).to_pylist():
-        old = newest.get(row["image_uri"])
-        if old is None or row["created_at"] > old["created_at"]:
-            newest[row["image_uri"]] = row
+    image_table = read_table(output, "images", image_uris=uris)
+    newest_run = newest_runs(image_table)
+    newest = {r["image_uri"]: r for r in keep_newest(image_table, newest_run).to_pylist()}
     masks: dict[str, list[dict[str, Any]]] = {}
-    for row in read_table(output, "masks", image_uris=uris).to_pylist():
-        image = newest.get(row["image_uri"])
-        if image is not None and row["run_id"] != image["run_id"]:
-            continue  # an older run's mask of a re-mined image
-        if image is None:  # masks without an images row (not written by maskmine itself)
+    mask_table = keep_newest(read_table(output, "masks", image_uris=uris), newest_run)
+    for row in mask_table.to_pylist():
+        if row["image_uri"] not in newest:  # masks without an images row (not maskmine's)
             newest[row["image_uri"]] = {
                 "image_uri": row["image_uri"],
                 "image_sha256": row["image_sha256"],

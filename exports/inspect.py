@@ -23,7 +23,7 @@ from transforms.decode import decode_image_bytes, read_image_bytes
 from transforms.read import normalize_uri
 
 from . import render
-from .dataset import RunImage, load_run
+from .dataset import RunImage, keep_newest, load_run, newest_runs
 from .files import write_bytes, write_text
 from .page import ImageEntry, RunFacts, render_page
 from .tables import RunError, check_run, read_table
@@ -118,11 +118,15 @@ def _unique(table: pa.Table, column: str) -> list:
 
 def run_facts(output: str) -> tuple[RunFacts, bytes]:
     """Run-level figures and the summary PNG, from the tables' small columns only."""
-    images = read_table(output, "images", ["image_uri", "masks_kept", "run_id"])
+    # As in the overlays and exports: an image mined by several runs counts once, newest.
+    images = read_table(output, "images", ["image_uri", "masks_kept", "run_id", "created_at"])
+    newest = newest_runs(images)
+    images = keep_newest(images, newest)
     masks = read_table(
         output,
         "masks",
         [
+            "image_uri",
             "area",
             "predicted_iou",
             "stability_score",
@@ -132,6 +136,7 @@ def run_facts(output: str) -> tuple[RunFacts, bytes]:
             "run_id",
         ],
     )
+    masks = keep_newest(masks, newest)
     errors = read_table(output, "errors", ["image_uri", "stage", "error"])
     pairs = masks.select(["model_type", "checkpoint_sha256"]).group_by(
         ["model_type", "checkpoint_sha256"]

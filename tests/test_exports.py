@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from exports.dataset import RunImage, load_run
+from exports.inspect import run_facts
 from exports.sa1b import json_names
 from pipeline.cli import main
 
@@ -156,9 +157,11 @@ def test_a_remined_image_exports_only_its_newest_run(run, tmp_path):
     remined = next(im for im in images if im.uri == first)
     assert remined.run_id == "again"
     assert remined.masks and all(m["run_id"] == "again" for m in remined.masks)
-    assert len(remined.masks) == len(
-        [m for m in masks_by_id(run).values() if m["image_uri"] == first]
-    )
+    before = [m for m in masks_by_id(run).values() if m["image_uri"] == first]
+    assert len(remined.masks) == len(before)
+    facts, _ = run_facts(str(output))  # inspect's summary counts the same way
+    assert (facts.images, facts.masks) == (3, len(masks_by_id(run)))
+    assert facts.run_ids == ["again", "exp"]
 
 
 def test_sa1b_file_names_stay_unique_for_equal_names_in_different_folders():
