@@ -3,8 +3,9 @@
 python infra/make_template_metadata.py          # rewrite the committed file
 python infra/make_template_metadata.py --check  # exit 1 if the committed file is stale
 
-The parameters are exactly MaskMineOptions' options, so the template cannot drift from
-the CLI; tests/test_infra.py checks the committed JSON equals a fresh generation.
+The parameters are exactly the options of MaskMineOptions and StreamingOptions (batch and
+`--streaming` jobs), so the template cannot drift from the CLI; tests/test_infra.py checks
+the committed JSON equals a fresh generation.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ FLOAT_RE = r"^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from pipeline.options import MaskMineOptions, parse_bool  # noqa: E402
+from pipeline.options import MaskMineOptions, StreamingOptions, parse_bool  # noqa: E402
+
+# Every options class whose flags the template exposes, in order.
+OPTION_CLASSES = (MaskMineOptions, StreamingOptions)
 
 
 def option_actions() -> list[argparse.Action]:
-    """The argparse actions MaskMineOptions adds (its options, nothing of Beam's)."""
+    """The argparse actions of OPTION_CLASSES (maskmine's options, nothing of Beam's)."""
     parser = argparse.ArgumentParser(add_help=False)
-    MaskMineOptions._add_argparse_args(parser)
+    for options_class in OPTION_CLASSES:
+        options_class._add_argparse_args(parser)
     return [a for a in parser._actions if a.option_strings]
 
 
@@ -72,7 +77,8 @@ def metadata() -> dict:
     return {
         "name": "maskmine",
         "description": "Mine segmentation masks from images with Segment Anything (SAM) on "
-        "GPU workers. Parameters are the `maskmine` command's own options.",
+        "GPU workers. Parameters are the `maskmine` command's own options; streaming "
+        "jobs (Beam's streaming=true) also take the streaming ones.",
         "parameters": [parameter(a) for a in option_actions()],
     }
 

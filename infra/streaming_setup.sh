@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Pub/Sub topic + subscription fed by GCS OBJECT_FINALIZE notifications on the image
-# bucket. The pipeline's streaming mode (reading this subscription) is a later issue:
-# this only prepares the plumbing.
+# bucket, for `maskmine --streaming --input_subscription ...` (see infra/README.md).
 set -euo pipefail
 
 usage() {
@@ -10,7 +9,12 @@ Usage: infra/streaming_setup.sh [--help]
 
 Creates (if missing) a Pub/Sub topic and subscription, and a notification on
 IMAGE_BUCKET that publishes OBJECT_FINALIZE events (new or overwritten objects) to the
-topic, in JSON. Streaming mode of the pipeline is not implemented yet (later issue).
+topic, in JSON. A streaming job then reads the subscription and mines each new image:
+
+  maskmine --streaming --input_subscription projects/$PROJECT/subscriptions/$SUBSCRIPTION \
+    --output gs://BUCKET/out --window_s 300 --runner DataflowRunner ...
+
+(--window_s: one set of Parquet files per window; --allowed_lateness_s: late firings.)
 
 Environment:
   PROJECT        Google Cloud project ID                         (required)
@@ -44,3 +48,5 @@ gcloud storage buckets notifications create "gs://${IMAGE_BUCKET}" \
   --object-prefix "${PREFIX}" \
   --payload-format json
 echo "notifications: gs://${IMAGE_BUCKET}/${PREFIX}* -> ${TOPIC} -> ${SUBSCRIPTION}"
+echo "stream with: maskmine --streaming --input_subscription" \
+  "projects/${PROJECT}/subscriptions/${SUBSCRIPTION} --window_s 300 ..."

@@ -40,6 +40,8 @@ from transforms.streaming import (
     ReadPubSubURIs,
     WatchImageURIs,
     output_windowing,
+    resume_watching,
+    stop_watching,
 )
 
 from .options import MaskMineOptions, StreamingOptions, generator_params, generator_params_json
@@ -313,6 +315,94 @@ def mine_stream(uris, read_errors: list, options: MaskMineOptions) -> None:
     )
     errors = (early_errors, inference_errors) | "AllErrors" >> beam.Flatten()
     _write_tables(kept, errors, options, _provenance(options), WriteWindowedTable, stamp=True)
+
+
+LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+def is_local(options: MaskMineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+
+
+def new_pipeline(options: MaskMineOptions) -> beam.Pipeline:
+    """The pipeline for `options`, on the runner that can run its graph.
+
+    A local (DirectRunner) streaming run that watches --input folders runs on Beam's
+    in-process FnApiRunner: Beam 2.77's streaming DirectRunner rejects every splittable
+    DoFn, the watcher included (see transforms.streaming.WatchImageURIs). The FnApiRunner
+    runs each stage to completion, so such a run writes its windows' files once watching
+    stops (--stop_after_s, or the first Ctrl-C: see `run_until_done`), each window's rows
+    in its own files as on Dataflow. Pub/Sub sources stay on the streaming DirectRunner,
+    which reads them live (one Pub/Sub source and watched folders together need Dataflow).
+    """
+    if not (is_streaming(options) and options.input and is_local(options)):
+        return beam.Pipeline(options=options)
+    stream = options.view_as(StreamingOptions)
+    if stream.input_subscription or stream.input_topic:
+        raise ConfigError(
+            "locally, watch --input folders or read Pub/Sub, not both (Beam's local "
+            "runners have no runner for the two together; Dataflow runs them)"
+        )
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return beam.Pipeline(runner=FnApiRunner(), options=options)
+
+
+def run_until_done(pipeline: beam.Pipeline, options: MaskMineOptions):
+    """Run `pipeline` and wait for it; Ctrl-C stops it cleanly. Returns the result.
+
+    - A local run that watches --input folders (FnApiRunner, blocking in run()): the
+      first Ctrl-C stops the polling (`stop_watching`), so the run finishes the files
+      already found and writes their windows, as a drained Dataflow job does; a second
+      Ctrl-C aborts (KeyboardInterrupt).
+    - A local run whose runner returned while running (streaming DirectRunner): Ctrl-C
+      cancels it, then KeyboardInterrupt is raised for the caller to exit with.
+    - A remote job (Dataflow): Ctrl-C stops waiting and leaves the job running (cancel or
+      drain it with gcloud), then KeyboardInterrupt is raised.
+    Anything else: KeyboardInterrupt as usual.
+    """
+    import signal
+    import threading
+
+    watching = is_streaming(options) and bool(options.input) and is_local(options)
+    interrupts = 0
+
+    def on_interrupt(signum, frame):
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1 and watching:
+            print(
+                "maskmine: Ctrl-C: no longer watching the inputs; finishing the images "
+                "found so far and writing their files (Ctrl-C again to abort)",
+                file=sys.stderr,
+            )
+            stop_watching()
+            return
+        raise KeyboardInterrupt
+
+    if watching:
+        resume_watching()  # a run stopped earlier in this process must not stop this one
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main else None
+    try:
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:
+            if is_local(options):
+                print("maskmine: cancelling the pipeline", file=sys.stderr)
+                result.cancel()
+            else:
+                print(
+                    "maskmine: stopped waiting; the job keeps running (cancel or drain it "
+                    "with `gcloud dataflow jobs cancel|drain`)",
+                    file=sys.stderr,
+                )
+            raise
+        return result
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def summarize(result) -> str:

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from pipeline.options import MaskMineOptions
+from pipeline.options import MaskMineOptions, StreamingOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 SCRIPTS = sorted(INFRA.glob("*.sh"))
 
 
-def _option_names() -> list[str]:
+def _option_names(options_class) -> list[str]:
     parser = argparse.ArgumentParser(add_help=False)
-    MaskMineOptions._add_argparse_args(parser)
+    options_class._add_argparse_args(parser)
     return [a.dest for a in parser._actions if a.option_strings]
 
 
@@ -45,7 +45,9 @@ def _tool(name: str, hint: str) -> str:
 def test_template_parameters_are_the_pipeline_options():
     committed = json.loads((INFRA / "flex-template" / "metadata.json").read_text())
     names = [p["name"] for p in committed["parameters"]]
-    assert names == _option_names()
+    # Batch options, then the streaming ones: each class's flags, none else.
+    assert names == _option_names(MaskMineOptions) + _option_names(StreamingOptions)
+    assert {"input_subscription", "input_topic", "window_s", "stop_after_s"} <= set(names)
     for p in committed["parameters"]:
         assert p["label"] and p["helpText"] and isinstance(p["isOptional"], bool), p
         for regex in p.get("regexes", []):

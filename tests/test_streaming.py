@@ -4,8 +4,12 @@ Pipelines run on the BundleBasedDirectRunner (the local runner that executes Tes
 streaming triggers), fed by TestStream with explicit event times.
 """
 
+import os
 import re
 import shutil
+import signal
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +23,13 @@ from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.transforms.window import TimestampedValue
 from PIL import Image
 
-from pipeline.graph import mine_stream
+from pipeline.graph import (
+    build_pipeline,
+    mine_stream,
+    new_pipeline,
+    resolve_defaults,
+    run_until_done,
+)
 from pipeline.options import MaskMineOptions
 from schemas import tables
 from transforms.records import Failure
@@ -246,3 +256,186 @@ def test_streaming_graph_mines_each_content_once_per_run_into_windows(tmp_path):
     assert list(errors) == [first]
     [error] = [r for rs in errors[first].values() for r in rs]
     assert (error["image_uri"], error["stage"]) == (paths["broken"], "decode")
+
+
+# --- live: the streaming pipeline on a watched folder ---------------------------------------
+
+
+def drop_png(path: Path, seed: int) -> None:
+    """Write an image atomically (a poll never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(scene(seed)).save(tmp, format="PNG")
+    tmp.rename(path)
+
+
+def test_watched_folder_live_images_dropped_over_time_land_in_their_windows(tmp_path):
+    """maskmine --streaming --input FOLDER on this machine: the pipeline polls the folder,
+    mines what is dropped in while it runs, writes each window's files, stops by itself.
+
+    Locally the watcher runs on the FnApiRunner (see pipeline.graph.new_pipeline), which
+    writes the windows' files when watching stops; their windows follow the drop times.
+    """
+    folder, output = tmp_path / "in", tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    window_s = 2
+    options = MaskMineOptions(
+        [
+            "--streaming",
+            f"--input={folder}",
+            f"--output={output}",
+            f"--checkpoint={FIXTURES / 'sam_tiny.pth'}",
+            f"--window_s={window_s}",
+            "--poll_interval_s=0.3",
+            "--stop_after_s=15",
+            "--run_id=live",
+            *FAST,
+        ]
+    )
+    resolve_defaults(options)
+    pipeline = new_pipeline(options)
+    build_pipeline(pipeline, options)  # the stop time is fixed here
+    finished: dict = {}
+
+    def run():
+        try:
+            finished["result"] = run_until_done(pipeline, options)
+        except BaseException as e:  # reported by the test thread
+            finished["error"] = e
+
+    # Already there when watching starts: found by the first poll.
+    drop_png(folder / "a.png", 0)
+    (folder / "notes.txt").write_text("not an image: never read")
+    (folder / "broken.png").write_bytes(b"not a png")
+    started = time.time()
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    dropped = dict.fromkeys(["a.png", "broken.png"], started)
+    time.sleep(7.0)  # start-up (about 3 s here) and the first batch's mining
+    drop_png(folder / "b.png", 1)
+    shutil.copy(folder / "a.png", folder / "a_copy.png")  # a's bytes under another name
+    dropped.update(dict.fromkeys(["b.png", "a_copy.png"], time.time()))
+    time.sleep(4.0)
+    drop_png(folder / "sub" / "c.png", 2)
+    dropped["sub/c.png"] = time.time()
+
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the pipeline did not stop after --stop_after_s"
+    assert "error" not in finished, finished.get("error")
+    assert finished["result"].state == "DONE"
+    assert time.time() - started < 40
+
+    def window_of(rows_by_window, uri):
+        hits = [
+            (start, end)
+            for (start, end), firings in rows_by_window.items()
+            for rows in firings.values()
+            for r in rows
+            if r["image_uri"] == uri
+        ]
+        assert len(hits) == 1, (uri, hits)  # each image once, in one window
+        return hits[0]
+
+    def seconds(stamp: str) -> float:
+        import datetime as dt
+
+        when = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        return when.timestamp()
+
+    images = windows_of(output / "images")
+    uris = {n: str(folder / n) for n in dropped}
+    mined = {r["image_uri"] for fs in images.values() for rs in fs.values() for r in rs}
+    # a_copy.png has a.png's bytes: mined once in the run; broken.png is an error row.
+    assert mined == {uris["a.png"], uris["b.png"], uris["sub/c.png"]}
+    for name in ("a.png", "b.png", "sub/c.png"):
+        start, end = window_of(images, uris[name])
+        assert seconds(end) - seconds(start) == window_s
+        # Found by a poll after it was dropped (its window ends later), and soon after:
+        # a.png once the pipeline had started, the others within a few polls.
+        slack = 6.0 if name == "a.png" else 3.5
+        assert dropped[name] < seconds(end) and seconds(start) <= dropped[name] + slack
+    windows = [window_of(images, uris[n]) for n in ("a.png", "b.png", "sub/c.png")]
+    assert windows == sorted(windows) and len(set(windows)) == 3  # one window per batch
+    masks = windows_of(output / "masks")
+    for name in ("a.png", "b.png", "sub/c.png"):
+        per_window = {
+            w
+            for w, fs in masks.items()
+            for rs in fs.values()
+            for r in rs
+            if r["image_uri"] == uris[name]
+        }
+        assert per_window == {window_of(images, uris[name])}  # masks beside their image
+    errors = windows_of(output / "errors")
+    [error] = [r for fs in errors.values() for rs in fs.values() for r in rs]
+    assert (error["image_uri"], error["stage"]) == (uris["broken.png"], "decode")
+    assert window_of(errors, uris["broken.png"]) == window_of(images, uris["a.png"])
+    # Clean stop: no temporary files left behind.
+    assert not [p for p in output.rglob(".temp-*/*")]
+
+
+def interrupt_after(seconds: float) -> threading.Timer:
+    """Ctrl-C (SIGINT to this process, handled by the main thread) in `seconds`."""
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_stops_watching_and_the_local_run_writes_what_it_found(tmp_path):
+    folder, output = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    drop_png(folder / "a.png", 0)
+    options = MaskMineOptions(
+        [
+            "--streaming",
+            f"--input={folder}",
+            f"--output={output}",
+            f"--checkpoint={FIXTURES / 'sam_tiny.pth'}",
+            "--window_s=2",
+            "--poll_interval_s=0.3",  # no --stop_after_s: watches until Ctrl-C
+            "--run_id=ctrlc",
+            *FAST,
+        ]
+    )
+    resolve_defaults(options)
+    pipeline = new_pipeline(options)
+    build_pipeline(pipeline, options)
+    handler = signal.getsignal(signal.SIGINT)
+    started = time.time()
+    interrupt_after(5.0)
+    result = run_until_done(pipeline, options)  # in the main thread, as in the CLI
+    assert result.state == "DONE"
+    assert time.time() - started < 30
+    mined = windows_of(output / "images")
+    assert [r["image_uri"] for fs in mined.values() for rs in fs.values() for r in rs] == [
+        str(folder / "a.png")
+    ]
+    assert signal.getsignal(signal.SIGINT) == handler  # restored
+
+
+class _RunningResult:
+    """A runner's result for a job that never ends by itself."""
+
+    def __init__(self):
+        self.state, self.cancelled = "RUNNING", threading.Event()
+
+    def wait_until_finish(self):
+        self.cancelled.wait(30)
+
+    def cancel(self):
+        self.state = "CANCELLED"
+        self.cancelled.set()
+
+
+def test_ctrl_c_cancels_a_local_streaming_job_that_runs_in_the_background():
+    class Pipeline:
+        def run(self):
+            self.result = _RunningResult()
+            return self.result
+
+    pipeline = Pipeline()
+    options = MaskMineOptions(["--streaming", "--input_subscription=projects/p/subscriptions/s"])
+    started = time.time()
+    interrupt_after(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        run_until_done(pipeline, options)
+    assert pipeline.result.state == "CANCELLED" and time.time() - started < 5
