@@ -71,6 +71,13 @@ def is_streaming(options: MaskMineOptions) -> bool:
     return bool(options.view_as(StandardOptions).streaming)
 
 
+LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+def is_local(options: MaskMineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+
+
 def _check_streaming(options: MaskMineOptions) -> None:
     stream = options.view_as(StreamingOptions)
     pubsub = [f for f in ("input_subscription", "input_topic") if getattr(stream, f)]
@@ -80,6 +87,11 @@ def _check_streaming(options: MaskMineOptions) -> None:
         return
     if len(pubsub) > 1:
         raise ConfigError("give one of --input_subscription and --input_topic, not both")
+    if pubsub and options.input and is_local(options):
+        raise ConfigError(
+            "locally, watch --input folders or read Pub/Sub, not both (no local runner of "
+            "Beam runs the two together; Dataflow does)"
+        )
     if not pubsub and not options.input:
         raise ConfigError(
             "--streaming needs a source: --input_subscription, --input_topic, or --input "
@@ -317,13 +329,6 @@ def mine_stream(uris, read_errors: list, options: MaskMineOptions) -> None:
     _write_tables(kept, errors, options, _provenance(options), WriteWindowedTable, stamp=True)
 
 
-LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
-
-
-def is_local(options: MaskMineOptions) -> bool:
-    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
-
-
 def new_pipeline(options: MaskMineOptions) -> beam.Pipeline:
     """The pipeline for `options`, on the runner that can run its graph.
 
@@ -335,14 +340,10 @@ def new_pipeline(options: MaskMineOptions) -> beam.Pipeline:
     in its own files as on Dataflow. Pub/Sub sources stay on the streaming DirectRunner,
     which reads them live (one Pub/Sub source and watched folders together need Dataflow).
     """
-    if not (is_streaming(options) and options.input and is_local(options)):
-        return beam.Pipeline(options=options)
     stream = options.view_as(StreamingOptions)
-    if stream.input_subscription or stream.input_topic:
-        raise ConfigError(
-            "locally, watch --input folders or read Pub/Sub, not both (Beam's local "
-            "runners have no runner for the two together; Dataflow runs them)"
-        )
+    pubsub = stream.input_subscription or stream.input_topic
+    if not (is_streaming(options) and options.input and is_local(options)) or pubsub:
+        return beam.Pipeline(options=options)  # (both: refused by resolve_defaults)
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     return beam.Pipeline(runner=FnApiRunner(), options=options)

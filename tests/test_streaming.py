@@ -24,6 +24,7 @@ from apache_beam.transforms.window import TimestampedValue
 from PIL import Image
 
 from pipeline.graph import (
+    ConfigError,
     build_pipeline,
     mine_stream,
     new_pipeline,
@@ -439,3 +440,11 @@ def test_ctrl_c_cancels_a_local_streaming_job_that_runs_in_the_background():
     with pytest.raises(KeyboardInterrupt):
         run_until_done(pipeline, options)
     assert pipeline.result.state == "CANCELLED" and time.time() - started < 5
+
+
+def test_locally_pubsub_and_watched_folders_together_are_refused_at_startup(tmp_path):
+    options = MaskMineOptions(
+        ["--streaming", "--input_subscription=projects/p/subscriptions/s", f"--input={tmp_path}"]
+    )
+    with pytest.raises(ConfigError, match="watch --input folders or read Pub/Sub, not both"):
+        resolve_defaults(options)
