@@ -23,6 +23,8 @@ from .sam import Sam
 from .transformer import ImageCache
 
 PRECISIONS = ("fp32", "bf16")
+# Prompts per mask-decoder call inside a batch (peak memory, not results).
+_DECODER_CHUNK = 16
 
 
 @dataclasses.dataclass
@@ -153,26 +155,34 @@ class SamPredictor:
         model, decoder, dtype = self.model, self.mask_decoder, self.decoder_dtype
         points = (coords, labels) if coords is not None else None
         sparse, dense = model.prompt_encoder(points, boxes, mask_inputs)
-        if mask_inputs is None:
-            tokens, keys = decoder.decode_tokens(
-                None, None, sparse.to(dtype), None, self.decoder_cache(embedding)
-            )
-        else:
-            tokens, keys = decoder.decode_tokens(
-                embedding.features.unsqueeze(0).to(dtype),
-                model.prompt_encoder.dense_pe().to(dtype),
-                sparse.to(dtype),
-                dense.to(dtype),
-            )
-        iou = decoder.predict_iou(tokens, multimask_output).float()
-        computed = torch.arange(len(iou), device=iou.device)
-        if min_iou is not None:
-            # Masks of prompts none of whose outputs can pass are never upscaled.
-            computed = computed[(iou > min_iou).any(dim=1)]
-            tokens = tokens[computed]
-            keys = keys if keys.shape[0] == 1 else keys[computed]
-        low_res = decoder.predict_masks(tokens, keys, multimask_output).float()
-        return DecodedBatch(iou, low_res, computed)
+        ious, low_res, computed = [], [], []
+        # The transformer holds a few (prompts, hw, C) tensors at once (4 MB per prompt
+        # each in fp32 for hw = 4096): sub-batches bound that whatever the batch size.
+        for start in range(0, sparse.shape[0], _DECODER_CHUNK):
+            part = slice(start, start + _DECODER_CHUNK)
+            if mask_inputs is None:
+                tokens, keys = decoder.decode_tokens(
+                    None, None, sparse[part].to(dtype), None, self.decoder_cache(embedding)
+                )
+            else:
+                tokens, keys = decoder.decode_tokens(
+                    embedding.features.unsqueeze(0).to(dtype),
+                    model.prompt_encoder.dense_pe().to(dtype),
+                    sparse[part].to(dtype),
+                    dense[part].to(dtype),
+                )
+            iou = decoder.predict_iou(tokens, multimask_output).float()
+            chosen = torch.arange(len(iou), device=iou.device)
+            if min_iou is not None:
+                # Masks of prompts none of whose outputs can pass are never upscaled.
+                chosen = chosen[(iou > min_iou).any(dim=1)]
+                tokens = tokens[chosen]
+                keys = keys if keys.shape[0] == 1 else keys[chosen]
+            low_res.append(decoder.predict_masks(tokens, keys, multimask_output).float())
+            ious.append(iou)
+            computed.append(chosen + start)
+            del tokens, keys
+        return DecodedBatch(torch.cat(ious), torch.cat(low_res), torch.cat(computed))
 
     def iter_decode(
         self,
