@@ -17,7 +17,14 @@ import time
 
 import apache_beam as beam
 
-from .graph import ConfigError, build_pipeline, resolve_defaults, summarize
+from .graph import (
+    ConfigError,
+    build_pipeline,
+    new_pipeline,
+    resolve_defaults,
+    run_until_done,
+    summarize,
+)
 from .options import MaskMineOptions
 
 SUBCOMMANDS = ("inspect", "export")
@@ -58,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     start = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
+    pipeline = new_pipeline(options)
     build_pipeline(pipeline, options)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = run_until_done(pipeline, options)
+    except KeyboardInterrupt:
+        print("maskmine: interrupted", file=sys.stderr)
+        return 130
     if options.view_as(beam.options.pipeline_options.StandardOptions).runner in (
         None,
         "DirectRunner",
