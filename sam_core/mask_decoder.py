@@ -117,7 +117,8 @@ class MaskDecoder(nn.Module):
 
     def predict_iou(self, tokens: torch.Tensor, multimask_output: bool) -> torch.Tensor:
         """Predicted IoU (B, M) from the output tokens of `decode_tokens`."""
-        iou_pred = self.iou_prediction_head(tokens[:, 0, :])
+        head_dtype = self.iou_prediction_head.layers[0].weight.dtype
+        iou_pred = self.iou_prediction_head(tokens[:, 0, :].to(head_dtype))
         return iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
 
     def predict_masks(
@@ -128,9 +129,11 @@ class MaskDecoder(nn.Module):
         Only the mask tokens whose output is returned go through their hypernetwork.
         """
         selected = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
+        mlps = self.output_hypernetworks_mlps
+        head_dtype = mlps[0].layers[0].weight.dtype  # float32 in a bf16 predictor too
         hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](tokens[:, 1 + i, :]) for i in selected], dim=1
-        )
+            [mlps[i](tokens[:, 1 + i, :].to(head_dtype)) for i in selected], dim=1
+        ).to(keys.dtype)
         batch = tokens.shape[0]
         if batch == 0:
             side = 4 * math.isqrt(keys.shape[1])

@@ -95,11 +95,13 @@ class SamPredictor:
         self.model = model
         self.precision = precision
         self.decoder_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self.mask_decoder = (
-            copy.deepcopy(model.mask_decoder).to(self.decoder_dtype)
-            if precision == "bf16"
-            else model.mask_decoder
-        )
+        self.mask_decoder = model.mask_decoder
+        if precision == "bf16":
+            self.mask_decoder = copy.deepcopy(model.mask_decoder).to(self.decoder_dtype)
+            # The heads work on a few tokens per prompt: float32 costs nothing there and
+            # keeps predicted IoUs (hence NMS order) and mask weights close to fp32.
+            self.mask_decoder.iou_prediction_head.float()
+            self.mask_decoder.output_hypernetworks_mlps.float()
         keep_freed_memory()
 
     @property
