@@ -4,8 +4,10 @@ truth (benchmarks/quality.py on a few scenes).
 The committed model must pass GATE; seeded random weights of the same config must fail it.
 GATE and FLAGS come from what the committed model gives now (see the README of
 sam_core/weights), with margin: raise them when the model improves. Measured on the 3 scenes
-with FLAGS: committed model recall@0.5 0.115, recall@0.75 0.0, mean best IoU 0.315, 163 masks
-per image; random weights 0.0, 0.0, 0.016, 1 mask per image.
+with FLAGS: committed model recall@0.5 0.538, recall@0.75 0.154, mean best IoU 0.520, 165 masks
+per image (control, against the next scene's objects: 0.0, 0.0, 0.072); random weights 0.0,
+0.0, 0.016, 1 mask per image. The first committed model (trained at lr 2e-3, its encoder
+collapsed) gave 0.115, 0.0, 0.315 and scored the same against the control.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from pipeline.graph import BUNDLED_CHECKPOINT
 from sam_core.scenes import EVAL_SEED_START
 
 SCENES = 3
-# The committed model's predicted IoUs sit near 0.2 and its stability is low, so the
-# reference thresholds keep no mask: gate on what the model ranks, not on its own scores.
+# The committed model's predicted IoUs stay below the reference threshold 0.88 and its
+# stability is low, so the reference thresholds keep no mask: gate on what the model ranks,
+# not on its own scores.
 FLAGS = ["--points_per_side=8", "--pred_iou_thresh=0", "--stability_score_thresh=0"]
-GATE = {"mean_best_iou": 0.2, "recall@0.5": 0.05}
+GATE = {"mean_best_iou": 0.4, "recall@0.5": 0.35}
 
 
 def passes(figures: dict[str, float]) -> bool:
@@ -62,13 +65,9 @@ def test_random_weights_fail_the_gate(random_weights):
     assert not passes(figures), figures
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the committed model's best-ranked masks are prompt-shaped blobs that barely depend "
-    "on the image (against another scene's objects they score about the same); when a "
-    "retrained model passes, remove this marker and raise GATE",
-)
 def test_the_masks_follow_the_image(committed):
+    # Against another scene's objects the masks must score clearly lower (measured 0.520
+    # against 0.072; the first committed model scored the same on both).
     scores, control = committed
     assert summary(scores)["mean_best_iou"] >= summary(control)["mean_best_iou"] + 0.1
 

@@ -11,12 +11,14 @@ import torch
 
 from sam_core import SamConfig, build_sam, config_from_state_dict, save_state_dict
 from sam_core.evaluate import best_ious, evaluate_points, held_out_scenes, innermost_point
+from sam_core.preprocess import normalize_and_pad
 from sam_core.sam import Sam
 from sam_core.train import (
     TrainConfig,
     corrective_points,
     dice_loss,
     focal_loss,
+    image_signal,
     mask_iou,
     mask_loss,
     new_model,
@@ -160,6 +162,19 @@ def test_trained_checkpoint_has_official_keys_and_loads(tmp_path):
         torch.testing.assert_close(loaded.state_dict()[key], value)
 
 
+def test_image_signal_separates_image_dependent_from_collapsed_embeddings():
+    torch.manual_seed(0)
+    assert image_signal(torch.randn(4, 8, 5, 5)) > 0.8
+    # A collapsed encoder: one map for every image plus small image-dependent noise.
+    collapsed = torch.randn(1, 8, 5, 5).expand(4, -1, -1, -1) + 0.01 * torch.randn(4, 8, 5, 5)
+    assert image_signal(collapsed) < 0.05
+    # A fresh encoder's output does depend on the image.
+    model = new_model(TINY, seed=0)
+    batch = sample_batch(np.random.default_rng(0), TINY_TRAIN, TINY.image_size)
+    with torch.no_grad():
+        assert image_signal(model.image_encoder(batch.images)) > 0.5
+
+
 def test_evaluation_helpers():
     gt = np.zeros((2, 4, 4), dtype=bool)
     gt[0, :2] = True
@@ -185,3 +200,15 @@ def test_committed_checkpoint_beats_random_weights():
     assert random_miou < 0.08, random_miou
     assert trained_miou > 0.15, trained_miou
     assert trained_miou > 4 * random_miou
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained checkpoint")
+def test_committed_encoder_output_depends_on_the_image():
+    # The first committed model (lr 2e-3) had collapsed: its embeddings were one
+    # image-independent map (image signal 0.03), so its masks ignored the image.
+    model = build_sam(checkpoint=WEIGHTS)
+    scenes = held_out_scenes(4, (model.image_size, model.image_size))
+    images = [torch.from_numpy(s.image).permute(2, 0, 1) for s in scenes]
+    with torch.no_grad():
+        embeddings = model.image_encoder(normalize_and_pad(images, model.image_size))
+    assert image_signal(embeddings) > 0.3  # retrained model (lr 7e-4): 0.56
