@@ -38,6 +38,16 @@ def _coco(segmentation) -> dict:
     return segmentation
 
 
+def _score_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b|, where NaN matches NaN (an empty mask's stability score is 0/0 in both
+    implementations) and NaN against a number is an infinite error."""
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    err = np.abs(a - b)
+    err[np.isnan(a) & np.isnan(b)] = 0.0
+    err[np.isnan(a) ^ np.isnan(b)] = np.inf
+    return err
+
+
 def match_records(
     ours: list[dict], reference: list[dict], min_iou: float = 0.99, score_tol: float = 1e-3
 ) -> Match:
@@ -48,25 +58,25 @@ def match_records(
     b = [_coco(r["segmentation"]) for r in reference]
     iou = mask_utils.iou(a, b, [0] * len(b))  # (len(ours), len(reference))
     score_err = np.maximum(
-        np.abs(
-            np.array([r["predicted_iou"] for r in ours])[:, None]
-            - np.array([r["predicted_iou"] for r in reference])[None]
+        _score_error(
+            np.array([r["predicted_iou"] for r in ours])[:, None],
+            np.array([r["predicted_iou"] for r in reference])[None],
         ),
-        np.abs(
-            np.array([r["stability_score"] for r in ours])[:, None]
-            - np.array([r["stability_score"] for r in reference])[None]
+        _score_error(
+            np.array([r["stability_score"] for r in ours])[:, None],
+            np.array([r["stability_score"] for r in reference])[None],
         ),
     )
     # Prefer high IoU; among equal masks prefer matching scores.
     rows, cols = linear_sum_assignment(-(iou - np.minimum(score_err, 1.0) * 1e-3))
     pair_iou = iou[rows, cols]
-    iou_err = np.abs(
-        np.array([ours[i]["predicted_iou"] for i in rows])
-        - np.array([reference[j]["predicted_iou"] for j in cols])
+    iou_err = _score_error(
+        np.array([ours[i]["predicted_iou"] for i in rows]),
+        np.array([reference[j]["predicted_iou"] for j in cols]),
     )
-    stab_err = np.abs(
-        np.array([ours[i]["stability_score"] for i in rows])
-        - np.array([reference[j]["stability_score"] for j in cols])
+    stab_err = _score_error(
+        np.array([ours[i]["stability_score"] for i in rows]),
+        np.array([reference[j]["stability_score"] for j in cols]),
     )
     good = (pair_iou >= min_iou) & (iou_err <= score_tol) & (stab_err <= score_tol)
     return Match(
