@@ -6,7 +6,8 @@ usage() {
   cat <<'USAGE'
 Usage: infra/launch.sh [--help] [EXTRA_MASKMINE_OPTIONS...]
 
-Launches a batch job. Extra arguments are passed on to the pipeline (e.g. --embeddings).
+Launches a batch job, or a streaming one when SUBSCRIPTION is set. Extra arguments are
+passed on to the pipeline (e.g. --embeddings).
 
 Environment:
   PROJECT              Google Cloud project ID                          (required)
@@ -21,6 +22,9 @@ Environment:
   GPU_TYPE             accelerator type                         (default: nvidia-l4)
   MAX_WORKERS          autoscaling cap                          (default: 4)
   DISK_SIZE_GB         worker boot disk, holds the image        (default: 50)
+  SUBSCRIPTION         streaming: Pub/Sub subscription name or projects/P/subscriptions/S
+                       (from infra/streaming_setup.sh); INPUT is then only watched if set
+  WINDOW_S             streaming output window in seconds          (default: 300)
   MODE                 direct (python -m pipeline) | template   (default: direct)
   TEMPLATE_PATH        for MODE=template (default: gs://BUCKET/templates/maskmine.json)
   DRY_RUN=1            build the job offline (--dry_run=True), submit nothing; fake values
@@ -44,7 +48,16 @@ if [[ "${DRY_RUN}" == "1" ]]; then
 fi
 require PROJECT REGION BUCKET SDK_CONTAINER_IMAGE
 
-INPUT="${INPUT:-gs://${BUCKET}/images/**}"
+SUBSCRIPTION="${SUBSCRIPTION:-}"
+WINDOW_S="${WINDOW_S:-300}"
+if [[ -n "${SUBSCRIPTION}" && "${SUBSCRIPTION}" != projects/* ]]; then
+  SUBSCRIPTION="projects/${PROJECT}/subscriptions/${SUBSCRIPTION}"
+fi
+if [[ -n "${SUBSCRIPTION}" ]]; then
+  INPUT="${INPUT:-}"  # streaming: the subscription is the source; INPUT adds a watch
+else
+  INPUT="${INPUT:-gs://${BUCKET}/images/**}"
+fi
 OUTPUT="${OUTPUT:-gs://${BUCKET}/out}"
 CHECKPOINT="${CHECKPOINT-gs://${BUCKET}/models/sam_vit_h_4b8939.pth}"
 MODEL_TYPE="${MODEL_TYPE:-vit_h}"
@@ -64,16 +77,22 @@ if [[ "${MODE}" == "template" ]]; then
     exit 2
   fi
   TEMPLATE_PATH="${TEMPLATE_PATH:-gs://${BUCKET}/templates/maskmine.json}"
+  template_streaming=()
+  if [[ -n "${SUBSCRIPTION}" ]]; then
+    template_streaming=(--enable-streaming-engine
+      --parameters "streaming=true,input_subscription=${SUBSCRIPTION},window_s=${WINDOW_S}")
+  fi
   gcloud dataflow flex-template run "maskmine-$(date -u +%Y%m%d-%H%M%S)" \
     --project "${PROJECT}" --region "${REGION}" \
     --template-file-gcs-location "${TEMPLATE_PATH}" \
     --worker-machine-type "${MACHINE_TYPE}" --max-workers "${MAX_WORKERS}" \
     --temp-location "gs://${BUCKET}/tmp" --staging-location "gs://${BUCKET}/staging" \
     --additional-experiments "${EXPERIMENTS}" \
-    --parameters "^~^input=${INPUT}~output=${OUTPUT}~checkpoint=${CHECKPOINT}" \
+    --parameters "^~^input=${INPUT:-}~output=${OUTPUT}~checkpoint=${CHECKPOINT}" \
     --parameters "model_type=${MODEL_TYPE},precision=bf16,device=cuda" \
     --parameters "sdk_container_image=${SDK_CONTAINER_IMAGE},disk_size_gb=${DISK_SIZE_GB}" \
-    --parameters "^~^dataflow_service_options=${ACCELERATOR}"
+    --parameters "^~^dataflow_service_options=${ACCELERATOR}" \
+    "${template_streaming[@]}"
   exit 0
 fi
 if [[ "${MODE}" != "direct" ]]; then
@@ -102,13 +121,18 @@ args=(
   --max_num_workers "${MAX_WORKERS}"
   --dataflow_service_options "${ACCELERATOR}"
   --experiments "${EXPERIMENTS}"
-  --input "${INPUT}"
   --output "${OUTPUT}"
   --model_type "${MODEL_TYPE}"
   --precision bf16
   --device cuda
   --share_model_across_processes
 )
+if [[ -n "${INPUT}" ]]; then
+  args+=(--input "${INPUT}")
+fi
+if [[ -n "${SUBSCRIPTION}" ]]; then
+  args+=(--streaming --input_subscription "${SUBSCRIPTION}" --window_s "${WINDOW_S}")
+fi
 if [[ -n "${CHECKPOINT}" ]]; then
   args+=(--checkpoint "${CHECKPOINT}")
 fi

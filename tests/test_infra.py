@@ -139,3 +139,37 @@ def test_launch_dry_run_builds_the_gpu_job_offline():
         "--disk_size_gb",
     ):
         assert setting in launch, setting
+
+
+def test_launch_dry_run_streaming_reads_the_subscription():
+    env = dict(
+        os.environ,
+        DRY_RUN="1",
+        PYTHON=sys.executable,
+        SUBSCRIPTION="maskmine-images",
+        WINDOW_S="120",
+    )
+    for name in (
+        "PROJECT",
+        "REGION",
+        "BUCKET",
+        "SDK_CONTAINER_IMAGE",
+        "CHECKPOINT",
+        "MODE",
+        "INPUT",
+    ):
+        env.pop(name, None)
+    result = subprocess.run(
+        ["bash", "-x", str(INFRA / "launch.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # bash -x traces the final command line: streaming flags, the full subscription path,
+    # and no batch --input (the subscription is the only source).
+    command = next(line for line in result.stderr.splitlines() if " -m pipeline " in line)
+    assert "--streaming" in command and "--window_s 120" in command
+    assert "--input_subscription projects/maskmine-dry-run/subscriptions/maskmine-images" in command
+    assert "--input " not in command
