@@ -42,6 +42,17 @@ Mining options:
 """
 
 
+def resolved_options(argv: list[str]) -> MaskMineOptions | None:
+    """Parsed and checked options (defaults filled in), or None after printing why not."""
+    options = MaskMineOptions(argv)
+    try:
+        resolve_defaults(options)
+    except ConfigError as e:
+        print(f"maskmine: error: {e}", file=sys.stderr)
+        return None
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
@@ -53,11 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(SUBCOMMANDS_HELP, flush=True)
         MaskMineOptions(["--help"])  # argparse prints the help and exits
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = MaskMineOptions(argv)
-    try:
-        resolve_defaults(options)
-    except ConfigError as e:
-        print(f"maskmine: error: {e}", file=sys.stderr)
+    options = resolved_options(argv)
+    if options is None:
         return 2
     print(
         f"maskmine: run {options.run_id}: {options.input} -> {options.output} "

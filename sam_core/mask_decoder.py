@@ -23,10 +23,6 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(x) if _in_place(x) else F.gelu(x)
 
 
-def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return x.add_(y) if _in_place(x) else x + y
-
-
 # Prompts upscaled at once. One prompt's (16 hw, C/8) intermediate (8 MB in fp32
 # for hw = 4096) stays in cache between the GEMM that writes it, the GELU and the
 # GEMM that reads it; 8 prompts at once ran 1.7x slower (fp32, 2 threads).

@@ -12,16 +12,13 @@ import sys
 
 import apache_beam as beam
 
-from pipeline.graph import ConfigError, build_pipeline, resolve_defaults
-from pipeline.options import MaskMineOptions
+from pipeline.cli import resolved_options
+from pipeline.graph import build_pipeline
 
 
 def run(argv: list[str]) -> int:
-    options = MaskMineOptions(argv)
-    try:
-        resolve_defaults(options)
-    except ConfigError as e:
-        print(f"maskmine: error: {e}", file=sys.stderr)
+    options = resolved_options(argv)
+    if options is None:
         return 2
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options)
