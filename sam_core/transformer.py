@@ -16,6 +16,11 @@ official models), and two rewrites of the same arithmetic keep that work small:
   The image tokens are then touched by GEMMs whose inner size is
   heads x tokens (~56) instead of by full-width projections (128) and
   their (B, hw, 128) intermediates. The result is the same up to float rounding.
+
+Image tokens may be held in a lower precision than the prompt tokens (the bf16
+predictor keeps tokens in float32): each function casts where the two meet, and
+its small token-side products (folded weights, the softmax scale) are computed in
+the tokens' precision before the large GEMMs. In float32 the casts are no-ops.
 """
 
 from __future__ import annotations
@@ -80,14 +85,18 @@ class Attention(nn.Module):
         q = self.split_heads(self.q_proj(tokens))  # (B, h, N, d)
         # q . (W_k x + b_k) = (W_k^T q) . x + q . b_k; the last term is constant over
         # the keys of a query, so the softmax drops it.
-        q_folded = (q @ self.head_weights(self.k_proj)).reshape(b, -1, tokens.shape[-1])
+        # The softmax scale rides on the few queries, not on the (B, h*N, hw) scores.
         scale = 1.0 / math.sqrt(self.head_dim)
+        q_folded = (q @ (self.head_weights(self.k_proj) * scale)).reshape(b, -1, tokens.shape[-1])
+        # Image tokens may be kept in a lower precision than the tokens (bf16 predictor):
+        # the large GEMMs run in theirs, the token math in the tokens'.
+        q_folded = q_folded.to(image_keys.dtype)
         if image_keys.shape[0] == 1 and b > 1:
             # Shared image tokens: one GEMM for all prompts of the batch.
             if image_pe is not None:
                 image_keys = image_keys + image_pe
             scores = _shared_scores(q_folded, image_keys)
-            probs = torch.softmax(scores * scale, dim=-1)
+            probs = torch.softmax(scores, dim=-1)
             mixed = (probs.reshape(-1, probs.shape[-1]) @ image_values[0]).view(
                 b, -1, tokens.shape[-1]
             )
@@ -97,10 +106,10 @@ class Attention(nn.Module):
                 scores = q_folded @ keys_t  # (B, h*N, hw)
             else:
                 scores = torch.baddbmm(_shared_scores(q_folded, image_pe), q_folded, keys_t)
-            probs = torch.softmax(scores * scale, dim=-1)
+            probs = torch.softmax(scores, dim=-1)
             mixed = probs @ image_values  # (B, h*N, C)
         # sum_j p_j (W_v x_j + b_v) = W_v (sum_j p_j x_j) + b_v, since sum_j p_j = 1.
-        mixed = mixed.view(b, self.num_heads, n, -1)
+        mixed = mixed.view(b, self.num_heads, n, -1).to(tokens.dtype)
         out = mixed @ self.head_weights(self.v_proj).transpose(1, 2)  # (B, h, N, d)
         out = out + self.v_proj.bias.view(self.num_heads, 1, self.head_dim)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
@@ -113,8 +122,8 @@ class Attention(nn.Module):
         q = self.split_heads(self.q_proj(tokens))  # (B, h, N, d)
         # Fold the prompts into the query axis: one GEMM per head for the batch.
         q = q.transpose(0, 1).reshape(1, self.num_heads, b * n, self.head_dim)
-        out = F.scaled_dot_product_attention(q, keys, values)
-        out = out.view(self.num_heads, b, n, self.head_dim).permute(1, 2, 0, 3)
+        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values)
+        out = out.view(self.num_heads, b, n, self.head_dim).permute(1, 2, 0, 3).to(tokens.dtype)
         return self.out_proj(out.reshape(b, n, -1))
 
     def image_to_tokens(
@@ -138,8 +147,10 @@ class Attention(nn.Module):
         k = self.split_heads(self.k_proj(token_keys))  # (B, h, N, d)
         v = self.split_heads(self.v_proj(token_values))
         # (W_q x + b_q) . k = x . (W_q^T k) + b_q . k
-        k_folded = (k @ self.head_weights(self.q_proj)).reshape(b, h * n, c)
-        bias = (k @ self.q_proj.bias.view(h, d, 1)).reshape(b, h * n, 1)
+        image_dtype = image_queries.dtype
+        k = k * (1.0 / math.sqrt(d))  # the softmax scale, on the few keys
+        k_folded = (k @ self.head_weights(self.q_proj)).reshape(b, h * n, c).to(image_dtype)
+        bias = (k @ self.q_proj.bias.view(h, d, 1)).reshape(b, h * n, 1).to(image_dtype)
         # Scores as (B, h*N, hw): the softmax runs over the N tokens of each head with
         # hw contiguous, which vectorises; a softmax over a last axis of ~7 does not.
         if image_queries.shape[0] == 1 and b > 1:
@@ -151,11 +162,11 @@ class Attention(nn.Module):
                 bias = _shared_scores(k_folded, image_pe).add_(bias)
             scores = torch.baddbmm(bias, k_folded, image_queries.transpose(1, 2))
         scores = scores.view(b, h, n, -1)
-        probs = torch.softmax(scores * (1.0 / math.sqrt(d)), dim=2).view(b, h * n, -1)
+        probs = torch.softmax(scores, dim=2).view(b, h * n, -1)
         # W_o concat_h(sum_i p_hi v_hi) = sum_{h,i} p_hi (W_o,h v_hi). The bias rides
         # along as b_o / h on every row: each head's probabilities sum to 1.
         w_out = self.out_proj.weight.view(c, h, d).permute(1, 2, 0)  # (h, d, C)
-        v_out = (v @ w_out).reshape(b, h * n, c) + self.out_proj.bias / h
+        v_out = ((v @ w_out).reshape(b, h * n, c) + self.out_proj.bias / h).to(image_dtype)
         if residual is None:
             return probs.transpose(1, 2) @ v_out
         return torch.baddbmm(residual, probs.transpose(1, 2), v_out)
@@ -213,7 +224,9 @@ class TwoWayAttentionBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Head-split token-to-image keys and values of (1, hw, C) image tokens."""
         t2i = self.cross_attn_token_to_image
-        return t2i.split_heads(t2i.k_proj(keys_pe)), t2i.split_heads(t2i.v_proj(keys))
+        dtype = t2i.k_proj.weight.dtype  # once per image: in the weights' precision
+        k, v = t2i.k_proj(keys_pe.to(dtype)), t2i.v_proj(keys.to(dtype))
+        return t2i.split_heads(k.to(keys.dtype)), t2i.split_heads(v.to(keys.dtype))
 
     def forward(
         self,
