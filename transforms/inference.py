@@ -99,8 +99,11 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        # min = max: full encoder batches of a fixed shape. With a lower minimum,
+        # Beam's adaptive BatchElements sized batches from timings with 25% random
+        # jitter: 200 images came as 106 batches of 1-3, never 4.
         super().__init__(
-            min_batch_size=1,
+            min_batch_size=max_batch_size,
             max_batch_size=max_batch_size,
             large_model=share_across_processes,
         )

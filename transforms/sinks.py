@@ -117,6 +117,13 @@ def error_row(failure: Failure, provenance: Provenance) -> dict:
     return failure.to_row(provenance.run_id, provenance.created_at)
 
 
+# Arrow bytes a Parquet writer buffers before it writes a row group. Beam's default,
+# 64 MB per table and bundle, is memory that grows with every image up to that bound
+# (peak RSS +22 MB from 200 to 3000 small images; +8 MB with 1 MB). A 1 MB row group
+# holds about a thousand mask rows, the record batch size.
+ROW_GROUP_BYTES = 1 << 20
+
+
 def table_prefix(output: str, table: str, run_id: str) -> str:
     return FileSystems.join(output, table, f"part-{run_id}")
 
@@ -135,6 +142,7 @@ class WriteTable(beam.PTransform):
             codec="zstd",
             file_name_suffix=".parquet",
             record_batch_size=1000,
+            row_group_buffer_size=ROW_GROUP_BYTES,
         )
 
 
