@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import pickle
-import resource
 import subprocess
 import sys
 import tempfile
@@ -80,10 +79,12 @@ def worker(spec: dict) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         records = generator.generate(image)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.peak_memory import peak_rss_gb
+
     with open(spec["out"], "wb") as f:
         result = {"records": records, "seconds": seconds, "cpu_seconds": cpu_seconds}
-        pickle.dump(dict(result, peak_gb=peak_kb / 2**20), f)
+        pickle.dump(dict(result, peak_gb=peak_rss_gb()), f)
 
 
 def per_prompt_agreement(checkpoint: str, image_path: str, threads: int) -> tuple[float, float]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -126,7 +125,9 @@ def child(spec: dict) -> None:
     result = (bare_loop if spec["case"] == "bare" else pipeline_run)(spec)
     result["cpu_seconds"] = time.process_time() - c0
     result["generator_seconds"] = spent[0]
-    result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    from benchmarks.peak_memory import peak_rss_gb
+
+    result["peak_gb"] = peak_rss_gb()
     print("RESULT " + json.dumps(result))
 
 
