@@ -113,8 +113,7 @@ class MaskDecoder(nn.Module):
 
     def predict_iou(self, tokens: torch.Tensor, multimask_output: bool) -> torch.Tensor:
         """Predicted IoU (B, M) from the output tokens of `decode_tokens`."""
-        head_dtype = self.iou_prediction_head.layers[0].weight.dtype
-        iou_pred = self.iou_prediction_head(tokens[:, 0, :].to(head_dtype))
+        iou_pred = self.iou_prediction_head(tokens[:, 0, :])
         return iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
 
     def predict_masks(
@@ -126,10 +125,9 @@ class MaskDecoder(nn.Module):
         """
         selected = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
         mlps = self.output_hypernetworks_mlps
-        head_dtype = mlps[0].layers[0].weight.dtype  # float32 in a bf16 predictor too
-        hyper_in = torch.stack(
-            [mlps[i](tokens[:, 1 + i, :].to(head_dtype)) for i in selected], dim=1
-        ).to(keys.dtype)
+        # Tokens are float32 in a bf16 predictor too; the image tokens may not be.
+        hyper_in = torch.stack([mlps[i](tokens[:, 1 + i, :]) for i in selected], dim=1)
+        hyper_in = hyper_in.to(keys.dtype)
         batch = tokens.shape[0]
         if batch == 0:
             side = 4 * math.isqrt(keys.shape[1])

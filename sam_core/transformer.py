@@ -88,9 +88,7 @@ class Attention(nn.Module):
         # The softmax scale rides on the few queries, not on the (B, h*N, hw) scores.
         scale = 1.0 / math.sqrt(self.head_dim)
         q_folded = (q @ (self.head_weights(self.k_proj) * scale)).reshape(b, -1, tokens.shape[-1])
-        # Image tokens may be kept in a lower precision than the tokens (bf16 predictor):
-        # the large GEMMs run in theirs, the token math in the tokens'.
-        q_folded = q_folded.to(image_keys.dtype)
+        q_folded = q_folded.to(image_keys.dtype)  # see the module docstring on precision
         if image_keys.shape[0] == 1 and b > 1:
             # Shared image tokens: one GEMM for all prompts of the batch.
             if image_pe is not None:

@@ -186,7 +186,6 @@ def test_evaluation_helpers():
     assert innermost_point(mask) == (4, 4)
 
 
-@pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained checkpoint")
 def test_committed_checkpoint_beats_random_weights():
     # Single-point prompts at each object's innermost pixel, held-out scenes. With
     # the default AMG thresholds (predicted IoU > 0.88, stability >= 0.95) neither
@@ -202,7 +201,6 @@ def test_committed_checkpoint_beats_random_weights():
     assert trained_miou > 4 * random_miou
 
 
-@pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained checkpoint")
 def test_committed_encoder_output_depends_on_the_image():
     # The first committed model (lr 2e-3) had collapsed: its embeddings were one
     # image-independent map (image signal 0.03), so its masks ignored the image.
