@@ -18,6 +18,13 @@ the overhead from the medians and pair by pair, the same from process CPU time
 generator's generate_batch (the pipeline's own work, measured apart from the noisy
 model time), and peak RSS per image count (the 200-image run must not need more
 memory than the 20-image one).
+
+Every image count cycles through the same `--distinct` images (20 by default, under
+new file names, so each is its own URI): peak memory depends on the heaviest image
+seen (the most masks), and 180 new random images would bring heavier ones. With the
+same content at every count, a higher peak at 200 than at 20 can only come from
+per-image growth. Peaks are VmHWM, in MB, the highest of the repeats, with the lowest
+in brackets (a run's peak varies by a few MB).
 """
 
 from __future__ import annotations
@@ -38,19 +45,23 @@ BATCH = 4  # images per encoder batch in both
 GENERATOR = {"points_per_side": 12, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
-def write_images(folder: Path, count: int, size: tuple[int, int]) -> None:
+def write_images(folder: Path, count: int, size: tuple[int, int], distinct: int) -> None:
+    """`count` PNGs cycling through `distinct` seeded images of random discs."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w]
-    for i in range(count):
+    images = []
+    for _ in range(min(count, distinct)):
         img = np.zeros((h, w, 3), np.uint8) + rng.integers(0, 80, 3, dtype=np.uint8)
         for _ in range(4):
             cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.3) * h
             img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.integers(80, 255, 3)
-        Image.fromarray(img).save(folder / f"img_{i:05d}.png")
+        images.append(Image.fromarray(img))
+    for i in range(count):
+        images[i % len(images)].save(folder / f"img_{i:05d}.png")
 
 
 def bare_loop(spec: dict) -> dict:
@@ -143,6 +154,11 @@ def run_child(spec: dict) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+def _peak_mb(runs: list[dict]) -> str:
+    peaks = [x["peak_gb"] * 1024 for x in runs]
+    return f"{max(peaks):.0f} MB [{min(peaks):.0f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -151,16 +167,20 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each case per count")
+    parser.add_argument("--distinct", type=int, default=20, help="different images cycled")
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
     size = tuple(int(v) for v in args.size.split(","))
-    print(f"generator {GENERATOR}, images {size}, checkpoint {args.checkpoint}")
+    print(
+        f"generator {GENERATOR}, images {size} ({args.distinct} distinct, cycled), "
+        f"checkpoint {args.checkpoint}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for count in (int(c) for c in args.images.split(",")):
             folder = Path(tmp) / f"images_{count}"
-            write_images(folder, count, size)
+            write_images(folder, count, size, args.distinct)
             spec = {"folder": str(folder), "checkpoint": args.checkpoint, "threads": args.threads}
             bare, pipe = [], []
             for r in range(args.repeats):
@@ -176,11 +196,10 @@ def main() -> None:
             # model loading; the generator's own time swings with the machine's noise.
             b_out = float(np.median([x["seconds"] - x["generator_seconds"] for x in bare]))
             p_out = float(np.median([x["seconds"] - x["generator_seconds"] for x in pipe]))
-            b_gb, p_gb = max(x["peak_gb"] for x in bare), max(x["peak_gb"] for x in pipe)
             print(
                 f"{count:4d} images | bare loop {count / b_s:6.2f} img/s "
-                f"(peak {b_gb:.2f} GB, {bare[0]['masks']} masks) | "
-                f"pipeline {count / p_s:6.2f} img/s (peak {p_gb:.2f} GB, "
+                f"(peak {_peak_mb(bare)}, {bare[0]['masks']} masks) | "
+                f"pipeline {count / p_s:6.2f} img/s (peak {_peak_mb(pipe)}, "
                 f"{pipe[0]['masks']} masks) | overhead {p_s / b_s - 1:+.1%} (pairs {pairs}), "
                 f"cpu time {p_cpu / b_cpu - 1:+.1%}"
             )
