@@ -20,6 +20,7 @@ import apache_beam as beam
 from .graph import (
     ConfigError,
     build_pipeline,
+    counters,
     new_pipeline,
     resolve_defaults,
     run_until_done,
@@ -89,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{options.output}\n{summarize(result)}",
             file=sys.stderr,
         )
+        counts = counters(result)
+        failed = counts.get("inputs_failed", 0)
+        if failed and not counts.get("images_mined", 0):
+            # Every input failed (a mistyped path, a folder of non-images): say so and
+            # exit non-zero so that scripts notice, rather than report an empty success.
+            print(
+                f"maskmine: no image was mined; {failed} input(s) failed, reasons in "
+                f"{options.output}/errors/",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

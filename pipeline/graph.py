@@ -169,6 +169,17 @@ def existing_image_uris(output: str) -> set[str]:
     return done
 
 
+class _CountFailures(beam.DoFn):
+    """Counts the inputs that reach the errors table, whatever their stage."""
+
+    def __init__(self) -> None:
+        self.failed = beam.metrics.Metrics.counter(NAMESPACE, "inputs_failed")
+
+    def process(self, failure):
+        self.failed.inc()
+        yield failure
+
+
 class _Progress(beam.DoFn):
     """A progress line on stderr every few seconds (local runs; per process)."""
 
@@ -256,6 +267,7 @@ def _write_tables(
     )
     (
         errors
+        | "CountFailures" >> beam.ParDo(_CountFailures())
         | "ErrorRows" >> beam.Map(rows(error_row), provenance)
         | "WriteErrors" >> writer(options.output, "errors", tables.ERRORS_SCHEMA, run)
     )
@@ -406,17 +418,23 @@ def run_until_done(pipeline: beam.Pipeline, options: MaskMineOptions):
             signal.signal(signal.SIGINT, previous)
 
 
-def summarize(result) -> str:
-    """Counters of a finished run, one line each."""
+def counters(result) -> dict[str, int]:
+    """This project's counters of a finished run, by name (committed values)."""
     query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
-    lines = []
-    for counter in sorted(query["counters"], key=lambda c: c.key.metric.name):
-        lines.append(f"  {counter.key.metric.name}: {counter.committed}")
+    return {c.key.metric.name: c.committed for c in query["counters"]}
+
+
+def summarize(result) -> str:
+    """Counters and distributions of a finished run, one line each."""
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    lines = [f"  {name}: {value}" for name, value in sorted(counters(result).items())]
     for dist in query["distributions"]:
         d = dist.committed
         if d and d.count:
+            # RunInference's own distributions (model load time, size) count loads.
+            unit = "images" if dist.key.metric.name.endswith("per_image") else "samples"
             lines.append(
                 f"  {dist.key.metric.name}: mean {d.mean:.0f}, min {d.min}, max {d.max} "
-                f"({d.count} images)"
+                f"({d.count} {unit})"
             )
     return "\n".join(lines)

@@ -237,3 +237,22 @@ def test_embeddings_sink_holds_each_images_encoder_output(mined, tmp_path):
         )
     # Masks are written as without --embeddings.
     assert len(read_table(output, "masks")) > 0
+
+
+def test_a_run_that_mines_nothing_because_every_input_failed_exits_non_zero(
+    mined, tmp_path, capsys
+):
+    output = tmp_path / "out"
+    common = [f"--output={output}", f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", *FAST]
+    assert main(["--runner=DirectRunner", f"--input={mined['root'] / 'bad'}", *common]) == 1
+    assert f"no image was mined; {len(mined['bad'])} input(s) failed" in capsys.readouterr().err
+    errors = read_table(output, "errors").to_pylist()
+    assert sorted(r["image_uri"] for r in errors) == sorted(mined["bad"].values())
+
+
+def test_a_run_with_nothing_left_to_mine_is_a_success(mined, tmp_path):
+    output = tmp_path / "done"
+    common = [f"--output={output}", f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", *FAST]
+    run([f"--input={mined['good'][0]}", *common, "--run_id=a"])
+    # Everything already mined: no image and no error, which is not a failure.
+    run([f"--input={mined['good'][0]}", *common, "--run_id=b", "--skip_existing"])
