@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .build import save_state_dict
 from .config import SamConfig
 from .preprocess import normalize_and_pad
@@ -509,6 +510,10 @@ def train(
 def _train(
     config: SamConfig, cfg: TrainConfig, max_steps: int | None, log
 ) -> tuple[Sam, list[dict[str, float]]]:
+    # Each step allocates and frees tensors of tens of MB (attention scores, saved
+    # activations); reusing freed blocks instead of faulting in fresh pages made a
+    # patch-8 encoder step 2x faster here.
+    keep_freed_memory()
     tuner = ThreadTuner(cfg.threads)
     model = new_model(config, cfg.seed)
     optimizer = make_optimizer(model, cfg)
