@@ -167,6 +167,25 @@ def test_encoder_under_autograd_equals_the_inference_path():
         assert block.attn.rel_pos_w.grad.abs().sum() > 0
 
 
+def test_decoder_under_autograd_equals_the_inference_path():
+    # Training upscales 16 prompts at a time, inference one: more prompts than one
+    # chunk must come back whole and in order.
+    model = new_model(TINY, seed=0)
+    dim, side = TINY.prompt_embed_dim, TINY.image_size // TINY.patch_size
+    embeddings = torch.randn(1, dim, side, side, requires_grad=True)
+    sparse = torch.randn(20, 2, dim)
+    dense = torch.randn(1, dim, side, side)
+    args = (model.prompt_encoder.dense_pe(), sparse, dense, True)
+    trained, trained_iou = model.mask_decoder(embeddings, *args)
+    with torch.no_grad():
+        inferred, inferred_iou = model.mask_decoder(embeddings, *args)
+    assert trained.shape == (20, 3, 4 * side, 4 * side)
+    torch.testing.assert_close(trained, inferred, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trained_iou, inferred_iou, rtol=1e-4, atol=1e-5)
+    trained.square().sum().backward()
+    assert embeddings.grad.abs().sum() > 0
+
+
 def test_trained_checkpoint_has_official_keys_and_loads(tmp_path):
     cfg = dataclasses.replace(TINY_TRAIN, minutes=5.0, warmup_steps=2)
     model, _ = train(TINY, cfg, max_steps=2, log=lambda _: None)
