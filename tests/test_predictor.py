@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sam_core import SamPredictor, build_sam
+from sam_core.mask_ops import calculate_stability_score
 from sam_core.preprocess import (
     boxes_to_input_frame,
     coords_to_input_frame,
@@ -123,7 +124,7 @@ def test_bf16_is_close_to_fp32(model, images):
 def test_bf16_agrees_with_fp32_on_the_trained_model():
     """Distinct masks (the trained model, a real photo, a grid of single points):
     bf16 runs the image-token work in bfloat16, keeps prompt tokens in float32, and
-    nearly every mask matches fp32's at IoU >= 0.95."""
+    every stable mask matches fp32's at IoU >= 0.95."""
     from pathlib import Path
 
     from PIL import Image
@@ -143,20 +144,23 @@ def test_bf16_agrees_with_fp32_on_the_trained_model():
     ticks = (np.arange(side) + 0.5) / side
     xy = np.stack(np.meshgrid(ticks * image.shape[1], ticks * image.shape[0]), -1)
     coords, labels = xy.reshape(-1, 1, 2), np.ones((side * side, 1), dtype=np.int64)
-    masks = []
+    logits = []
     for predictor in (fp32, bf16):
         embedding = predictor.encode([image])[0]
-        masks.append(predictor.predict(embedding, coords, labels).masks.flatten(2))
-    a, b = masks
+        logits.append(predictor.predict(embedding, coords, labels, return_logits=True).masks)
+    a, b = ((x > 0).flatten(2) for x in logits)
     union = (a | b).sum(-1)
     # Two empty masks agree: IoU 1, not 0/0 (this model leaves some points empty).
     iou = torch.where(union > 0, (a & b).sum(-1) / union.clamp(min=1), 1.0)
     assert not torch.equal(a, b)  # bf16 really ran
-    # 96.5% with the committed model (91.0% with both-empty pairs counted as
-    # disagreeing); the 27 of 768 below 0.95 are small, 1 to 879 px of 240,000
-    # (median 59) in their union. With the patch-8 model before it: 98.3% (98.0%
-    # counted the old way); the patch-16 one: 95.1%, and 92.5% when the prompt tokens
-    # were bfloat16 too.
+    # Masks that differ are the unstable ones, whose logits sit near 0 where bf16's
+    # rounding flips pixels; the demo's filter (stability 0.3) drops them. Measured with
+    # the committed model: all 252 masks of stability >= 0.2 agree (lowest IoU 0.967);
+    # over all 768, 95.2% agree, and the 37 that do not have unions of 34 to 1,968 px
+    # of 240,000. With the patch-8 model before it: 98.3% over all.
+    stable = calculate_stability_score(logits[0], 0.0, 1.0) >= 0.2
+    assert stable.sum() >= 100, int(stable.sum())
+    assert (iou[stable] >= 0.95).all(), iou[stable].min()
     assert (iou >= 0.95).float().mean() >= 0.94
 
 
