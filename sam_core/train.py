@@ -81,7 +81,10 @@ class TrainConfig:
 
     minutes: float = 25.0
     seed: int = 0
-    batch_images: int = 8
+    # 4, not 8: in 10-minute probes (seed 0, 10 held-out scenes) 4 images per step
+    # (450 steps) gave mean best IoU 0.423 and point mIoU 0.347, against 0.367 / 0.312
+    # with 8 (250 steps) and 0.408 / 0.324 with 2 (900 steps).
+    batch_images: int = 4
     prompts_per_image: int = 4
     rounds: int = 2  # 1 initial prompt + (rounds - 1) corrective points
     # Side of the square on which mask losses are computed: low-res logits are
