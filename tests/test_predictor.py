@@ -155,9 +155,9 @@ def test_bf16_agrees_with_fp32_on_the_trained_model():
     assert not torch.equal(a, b)  # bf16 really ran
     # Masks that differ are the unstable ones, whose logits sit near 0 where bf16's
     # rounding flips pixels; the demo's filter (stability 0.3) drops them. Measured with
-    # the committed model: all 252 masks of stability >= 0.2 agree (lowest IoU 0.967);
-    # over all 768, 95.2% agree, and the 37 that do not have unions of 34 to 1,968 px
-    # of 240,000. With the patch-8 model before it: 98.3% over all.
+    # the committed model: all 199 masks of stability >= 0.2 agree (lowest IoU 0.964);
+    # over all 768, 95.6% agree, and the 34 that do not have unions of 8 to 2,313 px
+    # of 240,000. Earlier models: 95.2% and 98.3% over all.
     stable = calculate_stability_score(logits[0], 0.0, 1.0) >= 0.2
     assert stable.sum() >= 100, int(stable.sum())
     assert (iou[stable] >= 0.95).all(), iou[stable].min()

@@ -247,4 +247,4 @@ def test_committed_encoder_output_depends_on_the_image():
     images = [torch.from_numpy(s.image).permute(2, 0, 1) for s in scenes]
     with torch.no_grad():
         embeddings = model.image_encoder(normalize_and_pad(images, model.image_size))
-    assert image_signal(embeddings) > 0.3  # committed model (lr 7e-4, patch 8): 0.61
+    assert image_signal(embeddings) > 0.3  # committed model (lr 7e-4, patch 8): 0.54
