@@ -6,7 +6,8 @@ reads the masks table back and matches it against the ground-truth objects:
 
 - recall@t: fraction of ground-truth objects whose best-matching mined mask has IoU >= t
   (t = 0.5, 0.75); a part and its whole are separate objects;
-- mean best IoU over objects; masks per image.
+- mean best IoU over objects; masks per image;
+- the same by object area (px), to show which objects are missed.
 
   python benchmarks/quality.py [--scenes 20] [--checkpoint PATH | --random_weights]
                                [--size 256] [any maskmine flag, e.g. --pred_iou_thresh 0.2]
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 import tempfile
 import time
@@ -50,6 +52,11 @@ class SceneScore:
     seed: int
     best_ious: np.ndarray  # (K,) best IoU of each ground-truth object over the mined masks
     masks: int  # masks mined for the image
+    areas: np.ndarray  # (K,) area of each ground-truth object, px
+
+
+# Upper edges (px) of the object-area buckets of the report; the last bucket is open.
+AREA_EDGES = (300, 1000, 3000)
 
 
 def write_scenes(
@@ -125,7 +132,8 @@ def score(
     for i, name in enumerate(names):
         seed, gt = truth[names[(i + 1) % len(names)] if control else name]
         masks = decode(pred[name], gt.shape[1:])
-        scores.append(SceneScore(name, seed, best_ious(gt, masks), len(masks)))
+        areas = gt.reshape(len(gt), -1).sum(axis=1)
+        scores.append(SceneScore(name, seed, best_ious(gt, masks), len(masks), areas))
     return scores
 
 
@@ -135,6 +143,22 @@ def summary(scores: Sequence[SceneScore]) -> dict[str, float]:
         **match_summary([s.best_ious for s in scores]),
         "masks_per_image": float(np.mean([s.masks for s in scores])) if scores else 0.0,
     }
+
+
+def by_area(
+    scores: Sequence[SceneScore], edges: Sequence[int] = AREA_EDGES
+) -> list[tuple[str, dict[str, float]]]:
+    """(label, match_summary) per object-area bucket [0, e1), [e1, e2), ..., [e_last, inf);
+    every object falls in exactly one bucket, empty buckets included."""
+    ious = np.concatenate([np.zeros(0), *(s.best_ious for s in scores)])
+    areas = np.concatenate([np.zeros(0), *(s.areas for s in scores)])
+    bounds = [0, *edges, np.inf]
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        inside = (areas >= lo) & (areas < hi)
+        label = f"{lo:.0f}-{hi:.0f} px" if np.isfinite(hi) else f">= {lo:.0f} px"
+        out.append((label, match_summary([ious[inside]])))
+    return out
 
 
 def run_quality(
@@ -173,6 +197,11 @@ def format_report(scores: Sequence[SceneScore], control: Sequence[SceneScore]) -
         "(control: each scene's masks against the next scene's objects; close to overall "
         "means the masks do not follow the image)"
     )
+    for label, m in by_area(scores):
+        lines.append(
+            f"objects of {label:<14} {m['gt_objects']:>4}: recall@0.5 {m['recall@0.5']:.3f}, "
+            f"recall@0.75 {m['recall@0.75']:.3f}, mean best IoU {m['mean_best_iou']:.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -23,7 +23,9 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from benchmarks.quality import (
+    AREA_EDGES,
     SceneScore,
+    by_area,
     random_checkpoint,
     run_quality,
     score,
@@ -93,3 +95,24 @@ def test_scoring_gives_perfect_masks_full_marks_and_the_control_less(tmp_path: P
 def test_training_seeds_are_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="training seed"):
         write_scenes(tmp_path, 1, seed_start=EVAL_SEED_START - 1)
+
+
+def test_area_buckets_partition_the_objects():
+    scores = [
+        SceneScore("a", 0, np.array([1.0, 0.6, 0.0]), 5, np.array([10, 300, 5000])),
+        SceneScore("b", 1, np.array([0.8]), 2, np.array([299])),
+    ]
+    buckets = by_area(scores)
+    assert [label for label, _ in buckets] == [
+        "0-300 px",
+        "300-1000 px",
+        "1000-3000 px",
+        ">= 3000 px",
+    ]
+    assert len(buckets) == len(AREA_EDGES) + 1
+    counts = [m["gt_objects"] for _, m in buckets]
+    assert counts == [2, 1, 0, 1]
+    small, medium, empty, large = (m for _, m in buckets)
+    assert small["mean_best_iou"] == pytest.approx(0.9) and small["recall@0.75"] == 1.0
+    assert medium["recall@0.5"] == 1.0 and medium["recall@0.75"] == 0.0
+    assert empty["recall@0.5"] == 0.0 and large["mean_best_iou"] == 0.0
