@@ -71,16 +71,40 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class _LoadedModel:
-    """The generator plus the facts about the model that go into provenance."""
+class LoadedSam:
+    """The generator and the facts about its model that go into provenance.
+
+    With `share_across_processes` Beam keeps this object in one process per machine and
+    hands run_inference a proxy that forwards public method calls only, pickling their
+    arguments and results: so run_inference uses nothing but these methods, and they
+    return numpy arrays and plain Python values.
+    """
 
     def __init__(self, generator: AutomaticMaskGenerator, model_type: str, sha256: str) -> None:
-        self.generator = generator
-        self.model_type = model_type
-        self.checkpoint_sha256 = sha256
+        self._generator = generator
+        self._model_type = model_type
+        self._checkpoint_sha256 = sha256
+
+    def provenance(self) -> tuple[str, str]:
+        """(model_type, checkpoint_sha256); the sha is "" for random weights."""
+        return self._model_type, self._checkpoint_sha256
+
+    def mine(
+        self, images: list[np.ndarray], keep_embeddings: bool = False
+    ) -> tuple[list[list[dict]], list[tuple[np.ndarray, tuple[int, int]]] | None]:
+        """The generator's records for each (H, W, 3) uint8 image and, if asked, each
+        image's embedding: ((C, h, w) float16, the resized (h, w) inside the input)."""
+        embeddings: list | None = [] if keep_embeddings else None
+        masks = self._generator.generate_batch(images, embeddings)
+        if embeddings is None:
+            return masks, None
+        return masks, [
+            (e.features.to(torch.float16).cpu().numpy(), tuple(int(v) for v in e.input_size))
+            for e in embeddings
+        ]
 
 
-class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
+class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
     """RunInference handler: DecodedImage batches -> MinedImage | Failure.
 
     generator_params: AutomaticMaskGenerator parameters by the reference's names.
@@ -115,7 +139,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
         self._masks = Metrics.counter(NAMESPACE, "masks_generated")
         self._latency = Metrics.distribution(NAMESPACE, "inference_ms_per_image")
 
-    def load_model(self) -> _LoadedModel:
+    def load_model(self) -> LoadedSam:
         device = resolve_device(self.spec.device)
         t0 = time.perf_counter()
         model = build_sam(
@@ -135,38 +159,37 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
             device,
             time.perf_counter() - t0,
         )
-        return _LoadedModel(generator, model.model_type, model.checkpoint_sha256 or "")
+        return LoadedSam(generator, model.model_type, model.checkpoint_sha256 or "")
 
     def run_inference(
         self,
         batch: Sequence[DecodedImage],
-        model: _LoadedModel,
+        model: LoadedSam,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[MinedImage | Failure]:
+        # `model` may be a proxy to a LoadedSam in another process: methods only.
+        model_type, checkpoint_sha256 = model.provenance()
         t0 = time.perf_counter()
-        embeddings: list | None = [] if self.keep_embeddings else None
         try:
-            per_image = model.generator.generate_batch([im.pixels for im in batch], embeddings)
+            per_image, embeddings = model.mine([im.pixels for im in batch], self.keep_embeddings)
             seconds = [(time.perf_counter() - t0) / len(batch)] * len(batch)
         except Exception:  # one image may be at fault: retry them one by one
             _LOG.warning("batch of %d failed; retrying image by image", len(batch))
-            per_image, seconds = [], []
-            embeddings = [] if self.keep_embeddings else None
+            per_image, embeddings, seconds = [], [], []
             for image in batch:
                 t1 = time.perf_counter()
-                one: list | None = [] if self.keep_embeddings else None
                 try:
-                    per_image.append(model.generator.generate_batch([image.pixels], one)[0])
+                    masks, embedding = model.mine([image.pixels], self.keep_embeddings)
+                    per_image.append(masks[0])
+                    embeddings.append(embedding[0] if embedding else None)
                 except Exception as e:
                     per_image.append(e)
-                    one = [None]
-                if embeddings is not None:
-                    embeddings.extend(one)
+                    embeddings.append(None)
                 seconds.append(time.perf_counter() - t1)
         results: list[MinedImage | Failure] = []
-        if embeddings is None:
-            embeddings = [None] * len(batch)
-        for image, masks, secs, emb in zip(batch, per_image, seconds, embeddings):
+        for image, masks, secs, emb in zip(
+            batch, per_image, seconds, embeddings or [None] * len(batch)
+        ):
             if isinstance(masks, Exception):
                 self._failed.inc()
                 results.append(Failure(image.uri, "inference", f"{type(masks).__name__}: {masks}"))
@@ -184,10 +207,10 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, _LoadedModel]):
                     masks_generated=len(masks),
                     decode_seconds=image.decode_seconds,
                     inference_seconds=secs,
-                    model_type=model.model_type,
-                    checkpoint_sha256=model.checkpoint_sha256,
-                    embedding=None if emb is None else emb.features.to(torch.float16).cpu().numpy(),
-                    input_size=None if emb is None else tuple(emb.input_size),
+                    model_type=model_type,
+                    checkpoint_sha256=checkpoint_sha256,
+                    embedding=None if emb is None else emb[0],
+                    input_size=None if emb is None else emb[1],
                 )
             )
         return results
@@ -208,13 +231,17 @@ class _SplitResults(beam.DoFn):
 
 
 class _BatchFailures(beam.DoFn):
-    """A batch that failed inside RunInference itself (e.g. the model would not
-    load): every image of it becomes an error row."""
+    """A batch whose run_inference raised outside its own per-image handling (e.g. the
+    proxy to a shared model lost its process): every image of it becomes an error row.
+
+    Beam's dead letters are (batch, (exception type, repr, traceback lines)). A model
+    that fails to load fails the worker instead: loading is outside this handling.
+    """
 
     def process(self, element):
-        batch, exception = element
+        batch, (_, exception_repr, _) = element
         for image in batch:
-            yield Failure(image.uri, "inference", f"{type(exception).__name__}: {exception}")
+            yield Failure(image.uri, "inference", exception_repr)
 
 
 class MineMasks(beam.PTransform):
