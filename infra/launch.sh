@@ -43,8 +43,7 @@ if [[ "${DRY_RUN}" == "1" ]]; then
   REGION="${REGION:-us-central1}"
   BUCKET="${BUCKET:-fake-bucket}"
   SDK_CONTAINER_IMAGE="${SDK_CONTAINER_IMAGE:-us-central1-docker.pkg.dev/p/maskmine/maskmine-gpu:dry}"
-  # No checkpoint: the CLI checks that a given checkpoint exists, which needs GCS.
-  CHECKPOINT="${CHECKPOINT:-}"
+  # The default gs:// checkpoint below stays: a dry run does not ask GCS whether it exists.
 fi
 require PROJECT REGION BUCKET SDK_CONTAINER_IMAGE
 

@@ -11,6 +11,7 @@ maskmine export out/ --format sa1b|coco --dest DIR_OR_FILE
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -26,7 +27,7 @@ from .graph import (
     run_until_done,
     summarize,
 )
-from .options import MaskMineOptions
+from .options import MaskMineOptions, StreamingOptions
 
 SUBCOMMANDS = ("inspect", "export")
 SUBCOMMANDS_HELP = """\
@@ -41,6 +42,20 @@ usage: maskmine [mining options]                  mine (all options below)
 
 Mining options:
 """
+
+
+def print_help() -> None:
+    """The subcommands, then every mining flag: maskmine's own and the streaming ones."""
+    parser = argparse.ArgumentParser(
+        prog="maskmine",
+        usage="maskmine [options]",
+        epilog="Any other Beam pipeline option (--runner, --project, --region, "
+        "--temp_location, ...) passes through to the runner.",
+    )
+    MaskMineOptions._add_argparse_args(parser)
+    StreamingOptions._add_argparse_args(parser)
+    print(SUBCOMMANDS_HELP, flush=True)
+    parser.print_help()
 
 
 def resolved_options(argv: list[str]) -> MaskMineOptions | None:
@@ -62,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return COMMANDS[argv[0]](argv[1:])
     if any(a in ("-h", "--help") for a in argv):
-        print(SUBCOMMANDS_HELP, flush=True)
-        MaskMineOptions(["--help"])  # argparse prints the help and exits
+        print_help()
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = resolved_options(argv)
     if options is None:
@@ -75,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     start = time.monotonic()
     pipeline = new_pipeline(options)
-    build_pipeline(pipeline, options)
+    try:
+        build_pipeline(pipeline, options)
+    except ConfigError as e:  # found while building, e.g. an unreadable earlier output
+        print(f"maskmine: error: {e}", file=sys.stderr)
+        return 2
     try:
         result = run_until_done(pipeline, options)
     except KeyboardInterrupt:

@@ -17,13 +17,18 @@ import time
 from pathlib import Path
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
 from schemas import tables
 from transforms.decode import DecodeImages
-from transforms.inference import NAMESPACE, MineMasks, ModelSpec, SamModelHandler
+from transforms.inference import (
+    NAMESPACE,
+    MineMasks,
+    ModelSpec,
+    SamModelHandler,
+    check_generator_params,
+)
 from transforms.postprocess import DeduplicateMasks, FilterMasks, QualityThresholds
 from transforms.read import ImageURIs, is_manifest, location_problem
 from transforms.sinks import (
@@ -121,6 +126,42 @@ def _check_locations(options: MaskMineOptions) -> None:
             raise ConfigError(f"{flag} {uri}: {problem}")
 
 
+def _check_values(options: MaskMineOptions) -> None:
+    """Fail at once, naming the flag, on values the workers would only reject after
+    reading and decoding (on Dataflow, after starting GPU workers and retrying)."""
+    for flag, value in [
+        ("inference_batch_size", options.inference_batch_size),
+        ("max_pixels", options.max_pixels),
+    ]:
+        if value < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {value}")
+    if not 0.0 <= options.dedup_iou_thresh <= 1.0:
+        raise ConfigError(
+            f"--dedup_iou_thresh must be in [0, 1] (1.0 turns it off), "
+            f"got {options.dedup_iou_thresh}"
+        )
+    try:
+        check_generator_params(generator_params(options))
+    except ValueError as e:
+        raise ConfigError(f"--{e}") from e
+    try:
+        QualityThresholds(
+            options.min_predicted_iou,
+            options.min_stability_score,
+            options.min_area_fraction,
+            options.max_area_fraction,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if options.checkpoint is None and options.model_type is not None:
+        # Without a checkpoint the model would be built with random weights, and its
+        # images recorded as mined (and then skipped by --skip_existing).
+        raise ConfigError(
+            f"--model_type {options.model_type} needs --checkpoint (the official "
+            f"state dict); without one the model would have random weights"
+        )
+
+
 def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     """Check the options and fill in the bundled samples/model when none are given.
 
@@ -129,6 +170,7 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     """
     # Startup checks use the run's options (credentials, project) for FileSystems.
     FileSystems.set_options(options)
+    _check_values(options)
     _check_streaming(options)
     if not options.input and not is_streaming(options):
         if not SAMPLES_DIR.is_dir():
@@ -155,18 +197,31 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     return options
 
 
-def existing_image_uris(output: str) -> set[str]:
-    """image_uri of every image in the images/ table of earlier runs under `output`."""
+def mined_images_pattern(output: str) -> str | None:
+    """Glob of the images/ files of earlier runs under `output`; None if there are none.
+
+    A listing that fails (permissions, a network error) is a ConfigError: a resume that
+    quietly found nothing would mine everything again.
+    """
     pattern = FileSystems.join(output, "images", "*.parquet")
     try:
-        matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # nothing written there yet
-        return set()
-    done: set[str] = set()
-    for meta in matches:
-        with FileSystems.open(meta.path) as f:
-            done.update(pq.read_table(f, columns=["image_uri"]).column(0).to_pylist())
-    return done
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:
+        raise ConfigError(f"--skip_existing: cannot list {pattern}: {e}") from e
+    return pattern if found else None
+
+
+class _SkipMined(beam.DoFn):
+    """Drops the URIs already in earlier runs' images/ table (side input) and counts them."""
+
+    def __init__(self) -> None:
+        self.skipped = beam.metrics.Metrics.counter(NAMESPACE, "images_skipped_existing")
+
+    def process(self, uri, mined):
+        if uri in mined:
+            self.skipped.inc()
+            return
+        yield uri
 
 
 class _CountFailures(beam.DoFn):
@@ -244,8 +299,9 @@ def _write_tables(
     def rows(fn):
         return (lambda x, p: fn(x, p.stamped())) if stamp else fn
 
+    written = []  # file names of the sinks the images table must wait for
     if options.embeddings:
-        (
+        written.append(
             kept
             | "EmbeddingRows" >> beam.FlatMap(rows(embedding_rows), provenance)
             | "WriteEmbeddings"
@@ -255,16 +311,21 @@ def _write_tables(
         kept = kept | "DropEmbeddings" >> beam.Map(
             lambda im: dataclasses.replace(im, embedding=None)
         )
-    (
+    written.append(
         kept
         | "MaskRows" >> beam.FlatMap(rows(mask_rows), provenance)
         | "WriteMasks" >> writer(options.output, "masks", tables.MASKS_SCHEMA, run)
     )
-    (
-        kept
-        | "ImageRows" >> beam.Map(rows(image_row), provenance)
-        | "WriteImages" >> writer(options.output, "images", tables.IMAGES_SCHEMA, run)
-    )
+    image_rows = kept | "ImageRows" >> beam.Map(rows(image_row), provenance)
+    if not stamp:
+        # Batch: the images table says what is mined (--skip_existing trusts it), so its
+        # files appear only after the masks' and embeddings' files are in place: the side
+        # inputs hold this step until those sinks have finished. (Streaming writes each
+        # window's tables on their own.)
+        image_rows = image_rows | "AfterMasks" >> beam.Map(
+            lambda row, *files: row, *[beam.pvalue.AsList(w) for w in written]
+        )
+    image_rows | "WriteImages" >> writer(options.output, "images", tables.IMAGES_SCHEMA, run)
     (
         errors
         | "CountFailures" >> beam.ParDo(_CountFailures())
@@ -274,11 +335,23 @@ def _write_tables(
 
 
 def _skip_existing(uris, options: MaskMineOptions):
+    """URIs minus those in OUTPUT/images/ of earlier runs.
+
+    The earlier URIs are read by the pipeline (a side input), not by the launcher: held
+    in the job graph, millions of them would exceed Dataflow's request size.
+    """
     if not options.skip_existing:
         return uris
-    done = existing_image_uris(options.output)
-    _LOG.info("skip_existing: %d images already mined under %s", len(done), options.output)
-    return uris | "SkipExisting" >> beam.Filter(lambda uri, done=done: uri not in done)
+    pattern = mined_images_pattern(options.output)
+    if pattern is None:
+        _LOG.info("skip_existing: nothing mined yet under %s", options.output)
+        return uris
+    mined = (
+        uris.pipeline
+        | "ReadMinedURIs" >> beam.io.ReadFromParquet(pattern, columns=["image_uri"])
+        | "KeyMinedURIs" >> beam.Map(lambda row: (row["image_uri"], None))
+    )
+    return uris | "SkipExisting" >> beam.ParDo(_SkipMined(), beam.pvalue.AsDict(mined))
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:

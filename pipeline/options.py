@@ -55,7 +55,7 @@ class MaskMineOptions(PipelineOptions):
             const=True,
             default=False,
             type=parse_bool,
-            help="Skip images already in OUTPUT/images/ (resume an interrupted run).",
+            help="Skip images already in OUTPUT/images/ of earlier finished runs.",
         )
         io.add_argument(
             "--max_pixels",

@@ -68,6 +68,37 @@ class _Masks:
         return _Masks(rles=[r for p in parts for r in p.rles], **tensors)
 
 
+def check_params(
+    points_per_side: int | None = 32,
+    points_per_batch: int = 64,
+    crop_n_layers: int = 0,
+    crop_overlap_ratio: float = 512 / 1500,
+    crop_n_points_downscale_factor: int = 1,
+    min_mask_region_area: int = 0,
+    encoder_batch_size: int = 4,
+    **thresholds: float,
+) -> None:
+    """Raise ValueError, naming the parameter, for values the generator cannot run with.
+
+    Takes AutomaticMaskGenerator's keyword names; the score and NMS thresholds
+    (`thresholds`) accept any float, as in the reference.
+    """
+    at_least = {
+        "points_per_batch": (points_per_batch, 1),
+        "crop_n_layers": (crop_n_layers, 0),
+        "crop_n_points_downscale_factor": (crop_n_points_downscale_factor, 1),
+        "min_mask_region_area": (min_mask_region_area, 0),
+        "encoder_batch_size": (encoder_batch_size, 1),
+    }
+    if points_per_side is not None:
+        at_least["points_per_side"] = (points_per_side, 1)
+    for name, (value, low) in at_least.items():
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not 0.0 <= crop_overlap_ratio < 1.0:
+        raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
+
+
 class AutomaticMaskGenerator:
     """SAM's automatic mask generator (parameters as in the reference).
 
@@ -112,13 +143,16 @@ class AutomaticMaskGenerator:
             raise ValueError("give exactly one of points_per_side and point_grids")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        if crop_n_layers < 0:
-            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        if points_per_batch < 1 or encoder_batch_size < 1:
-            raise ValueError("points_per_batch and encoder_batch_size must be >= 1")
+        check_params(
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            crop_n_layers=crop_n_layers,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area,
+            encoder_batch_size=encoder_batch_size,
+        )
         if points_per_side is not None:
-            if points_per_side < 1:
-                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
             point_grids = mask_ops.build_all_layer_point_grids(
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )

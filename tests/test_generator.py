@@ -142,6 +142,10 @@ def test_explicit_point_grids(model, images):
         ({"crop_n_layers": -1}, "crop_n_layers"),
         ({"points_per_batch": 0}, "points_per_batch"),
         ({"points_per_side": 0}, "points_per_side"),
+        ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor must be >= 1"),
+        ({"crop_overlap_ratio": 1.0}, r"crop_overlap_ratio must be in \[0, 1\)"),
+        ({"min_mask_region_area": -1}, "min_mask_region_area must be >= 0"),
+        ({"encoder_batch_size": 0}, "encoder_batch_size must be >= 1"),
         ({"precision": "fp16"}, "precision"),
     ],
 )

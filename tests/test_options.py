@@ -50,3 +50,40 @@ def test_generator_flags_are_typed():
     options = MaskMineOptions(["--points_per_side=16", "--pred_iou_thresh=0.5"])
     params = json.loads(generator_params_json(options))
     assert params["points_per_side"] == 16 and params["pred_iou_thresh"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--points_per_side=0"], "--points_per_side must be >= 1, got 0"),
+        (["--points_per_batch=0"], "--points_per_batch must be >= 1, got 0"),
+        (["--crop_n_layers=-1"], "--crop_n_layers must be >= 0, got -1"),
+        (["--crop_n_points_downscale_factor=0"], "--crop_n_points_downscale_factor must be >= 1"),
+        (["--crop_overlap_ratio=1.0"], "--crop_overlap_ratio must be in [0, 1)"),
+        (["--min_mask_region_area=-5"], "--min_mask_region_area must be >= 0"),
+        (["--inference_batch_size=0"], "--inference_batch_size must be >= 1, got 0"),
+        (["--max_pixels=0"], "--max_pixels must be >= 1, got 0"),
+        (["--dedup_iou_thresh=1.5"], "--dedup_iou_thresh must be in [0, 1]"),
+        (["--max_area_fraction=1.5"], "max_area_fraction <= 1, got 0.0, 1.5"),
+        (["--min_area_fraction=0.5", "--max_area_fraction=0.2"], "min_area_fraction <="),
+        (["--model_type=vit_h"], "--model_type vit_h needs --checkpoint"),
+    ],
+)
+def test_bad_values_stop_the_run_at_startup_naming_the_flag(flags, message, tmp_path, capsys):
+    # Found before any image is read, not by every worker after decoding; no traceback.
+    from pipeline.cli import main
+
+    assert main([f"--output={tmp_path / 'out'}", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_mining_and_streaming_flags(capsys):
+    from pipeline.cli import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ["--input", "--checkpoint", "--points_per_side", "--dedup_by", "--window_s"]:
+        assert flag in out, flag
+    assert "--input_subscription" in out and "inspect" in out

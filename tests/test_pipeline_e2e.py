@@ -194,12 +194,15 @@ def test_same_run_twice_gives_the_same_mask_ids(mined, tmp_path):
     assert len(set(first)) == len(first)
 
 
-def test_skip_existing_mines_only_what_is_missing(mined, tmp_path):
+def test_skip_existing_mines_only_what_is_missing(mined, tmp_path, capsys):
     output = tmp_path / "resumed"
     common = [f"--output={output}", f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", *FAST]
     # An earlier run that got through part of the images only.
     run([f"--input={mined['good'][0]}", f"--input={mined['good'][1]}", *common, "--run_id=a"])
+    capsys.readouterr()
     run([f"--input={mined['root'] / 'good'}", *common, "--run_id=b", "--skip_existing"])
+    summary = capsys.readouterr().err
+    assert "images_skipped_existing: 2" in summary and "images_mined: 1" in summary
     images = read_table(output, "images").to_pylist()
     uris = sorted(r["image_uri"] for r in images)
     assert uris == sorted(mined["good"])
@@ -256,3 +259,44 @@ def test_a_run_with_nothing_left_to_mine_is_a_success(mined, tmp_path):
     run([f"--input={mined['good'][0]}", *common, "--run_id=a"])
     # Everything already mined: no image and no error, which is not a failure.
     run([f"--input={mined['good'][0]}", *common, "--run_id=b", "--skip_existing"])
+
+
+def test_skip_existing_stops_when_earlier_output_cannot_be_listed(tmp_path, monkeypatch, capsys):
+    # A listing error must not read as "nothing mined yet" and mine everything again.
+    from apache_beam.io.filesystems import FileSystems
+
+    def refuse(patterns, limits=None):
+        raise PermissionError("403 storage.objects.list denied")
+
+    output = tmp_path / "out"
+    (output / "images").mkdir(parents=True)
+    monkeypatch.setattr(FileSystems, "match", staticmethod(refuse))
+    args = [f"--output={output}", f"--input={tmp_path}", "--skip_existing", *FAST]
+    assert main(["--runner=DirectRunner", *args]) == 2
+    err = capsys.readouterr().err
+    assert "--skip_existing: cannot list" in err and "403" in err
+
+
+def test_images_table_is_written_after_the_masks_and_embeddings(tmp_path):
+    # --skip_existing trusts images/: its files must not appear before the masks'.
+    import apache_beam as beam
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    from pipeline.graph import build_pipeline, resolve_defaults
+    from pipeline.options import MaskMineOptions
+
+    options = MaskMineOptions(
+        [f"--output={tmp_path}", f"--input={tmp_path}", "--embeddings", "--run_id=g", *FAST]
+    )
+    resolve_defaults(options)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options)
+    proto = pipeline.to_runner_api()
+    transforms = proto.components.transforms
+    producer = {pcoll: t.unique_name for t in transforms.values() for pcoll in t.outputs.values()}
+    after = next(t for t in transforms.values() if t.unique_name == "AfterMasks")
+    payload = beam_runner_api_pb2.ParDoPayload.FromString(after.spec.payload)
+    waits_for = {producer[after.inputs[name]].split("/")[0] for name in payload.side_inputs}
+    assert waits_for == {"WriteMasks", "WriteEmbeddings"}, waits_for
+    write_images = next(t for t in transforms.values() if t.unique_name == "WriteImages")
+    assert producer[next(iter(write_images.inputs.values()))] == "AfterMasks"

@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from sam_core import build_sam
-from sam_core.generator import AutomaticMaskGenerator
+from sam_core.generator import AutomaticMaskGenerator, check_params
 
 from .records import DecodedImage, Failure
 
@@ -69,6 +69,12 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def check_generator_params(params: dict[str, Any]) -> None:
+    """ValueError, naming the parameter, for generator parameters (the reference's
+    names) that the generator would reject when the workers load the model."""
+    check_params(**params)
 
 
 class LoadedSam:
@@ -123,6 +129,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        check_generator_params(generator_params)
         # min = max: full encoder batches of a fixed shape. With a lower minimum,
         # Beam's adaptive BatchElements sized batches from timings with 25% random
         # jitter: 200 images came as 106 batches of 1-3, never 4.
