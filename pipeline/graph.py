@@ -28,6 +28,7 @@ from transforms.inference import (
     ModelSpec,
     SamModelHandler,
     check_generator_params,
+    check_model_spec,
 )
 from transforms.postprocess import DeduplicateMasks, FilterMasks, QualityThresholds
 from transforms.read import ImageURIs, is_manifest, location_problem
@@ -192,6 +193,10 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
         _check_locations(options)
         if options.checkpoint and not FileSystems.exists(options.checkpoint):
             raise ConfigError(f"checkpoint not found: {options.checkpoint}")
+    try:
+        check_model_spec(ModelSpec(options.checkpoint, options.model_type))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if options.run_id is None:
         options.run_id = new_run_id()
     return options

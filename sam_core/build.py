@@ -38,7 +38,7 @@ def _sha256_of_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _torch_load(path: str, name: str) -> object:
+def _torch_load(path: str, name: str, mmap: bool = False) -> object:
     # torch.save writes a zip archive; anything else (a truncated download, an
     # image, a bare pickle, a pre-1.6 legacy file) is rejected before unpickling.
     if not zipfile.is_zipfile(path):
@@ -48,7 +48,7 @@ def _torch_load(path: str, name: str) -> object:
             "truncated or another format"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         detail = str(e).split("WeightsUnpickler error:")[-1].strip().split(".")[0]
         raise CheckpointError(
@@ -94,6 +94,12 @@ def load_state_dict(
         sha256 = _sha256_of_file(path)
         obj = _torch_load(path, name)
 
+    _check_is_state_dict(obj, name)
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in obj.items()}
+    return state_dict, sha256
+
+
+def _check_is_state_dict(obj: object, name: str) -> None:
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{name}: not a state dict (a mapping of parameter names to tensors); "
@@ -106,8 +112,31 @@ def load_state_dict(
             f"e.g. {bad[0]!r}"
             + (" (a training checkpoint? save model.state_dict() itself)" if len(obj) < 10 else "")
         )
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in obj.items()}
-    return state_dict, sha256
+
+
+def _config_of(state_dict: Mapping[str, torch.Tensor], name: str) -> SamConfig:
+    try:
+        return config_from_state_dict(state_dict)
+    except KeyError as e:
+        raise CheckpointError(f"{name}: not a SAM state dict: no tensor named {e.args[0]!r}") from e
+    except ValueError as e:
+        raise CheckpointError(f"{name}: inconsistent SAM shapes: {e}") from e
+
+
+def check_local_checkpoint(path: str | os.PathLike, model_type: str | None = None) -> str:
+    """The model type ("vit_h", ..., or "custom") of a local checkpoint file, from its
+    tensor shapes only: the file is memory-mapped, not read, so this is a quick check
+    before a run. Raises CheckpointError for an unusable file or one whose shapes are
+    not `model_type`'s; build_sam still checks every tensor when it loads."""
+    name = os.fspath(path)
+    obj = _torch_load(name.removeprefix("file://"), name, mmap=True)
+    _check_is_state_dict(obj, name)
+    inferred = model_type_of(_config_of(obj, name))
+    if model_type is not None and inferred != model_type:
+        raise CheckpointError(
+            f"{name} does not match model_type {model_type!r}: its shapes look like {inferred!r}"
+        )
+    return inferred
 
 
 def _shape_mismatches(
@@ -159,14 +188,7 @@ def build_sam(
     else:
         state_dict, sha256 = load_state_dict(checkpoint, opener)
         if config is None:
-            try:
-                config = config_from_state_dict(state_dict)
-            except KeyError as e:
-                raise CheckpointError(
-                    f"{checkpoint}: not a SAM state dict: no tensor named {e.args[0]!r}"
-                ) from e
-            except ValueError as e:
-                raise CheckpointError(f"{checkpoint}: inconsistent SAM shapes: {e}") from e
+            config = _config_of(state_dict, os.fspath(checkpoint))
         with torch.device("meta"):
             model = Sam(config)
         missing, unexpected, wrong = _shape_mismatches(model, state_dict)

@@ -87,3 +87,24 @@ def test_help_lists_the_mining_and_streaming_flags(capsys):
     for flag in ["--input", "--checkpoint", "--points_per_side", "--dedup_by", "--window_s"]:
         assert flag in out, flag
     assert "--input_subscription" in out and "inspect" in out
+
+
+def test_unusable_or_mismatched_local_checkpoint_stops_the_run_at_startup(tmp_path, capsys):
+    # Found from the file's shapes before reading any image, not by the workers.
+    from pipeline.cli import main
+    from .conftest import FIXTURES
+
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    cases = [
+        ([f"--checkpoint={text}"], "not a readable PyTorch checkpoint"),
+        (
+            [f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", "--model_type=vit_b"],
+            "does not match model_type 'vit_b': its shapes look like 'custom'",
+        ),
+    ]
+    for flags, message in cases:
+        assert main([f"--output={tmp_path / 'out'}", *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

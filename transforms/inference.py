@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from sam_core import build_sam
+from sam_core.build import check_local_checkpoint
 from sam_core.generator import AutomaticMaskGenerator, check_params
 
 from .records import DecodedImage, Failure
@@ -75,6 +77,18 @@ def check_generator_params(params: dict[str, Any]) -> None:
     """ValueError, naming the parameter, for generator parameters (the reference's
     names) that the generator would reject when the workers load the model."""
     check_params(**params)
+
+
+def check_model_spec(spec: ModelSpec) -> None:
+    """ValueError (CheckpointError) for a local checkpoint that is unusable or not of
+    spec.model_type, found from its shapes before any worker loads it. Remote
+    checkpoints are checked by the workers (reading them here would copy gigabytes)."""
+    path = (spec.checkpoint or "").removeprefix("file://")
+    if not path or "://" in path:
+        return
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint not found: {spec.checkpoint}")
+    check_local_checkpoint(path, spec.model_type)
 
 
 class LoadedSam:
