@@ -92,6 +92,7 @@ def test_help_lists_the_mining_and_streaming_flags(capsys):
 def test_unusable_or_mismatched_local_checkpoint_stops_the_run_at_startup(tmp_path, capsys):
     # Found from the file's shapes before reading any image, not by the workers.
     from pipeline.cli import main
+
     from .conftest import FIXTURES
 
     text = tmp_path / "notes.pth"

@@ -448,3 +448,37 @@ def test_locally_pubsub_and_watched_folders_together_are_refused_at_startup(tmp_
     )
     with pytest.raises(ConfigError, match="watch --input folders or read Pub/Sub, not both"):
         resolve_defaults(options)
+
+
+def test_a_watched_folder_with_skip_existing_mines_only_new_images(tmp_path):
+    # The earlier runs' images table is read by the pipeline as a side input (global
+    # window) of the streaming URIs.
+    from pipeline.cli import main
+
+    folder, output = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    drop_png(folder / "old.png", 0)
+    common = [f"--output={output}", f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", *FAST]
+    assert main(["--runner=DirectRunner", f"--input={folder / 'old.png'}", *common]) == 0
+    drop_png(folder / "new.png", 1)
+    options = MaskMineOptions(
+        [
+            "--streaming",
+            f"--input={folder}",
+            *common,
+            "--window_s=2",
+            "--poll_interval_s=0.3",
+            "--stop_after_s=3",
+            "--run_id=resumed",
+            "--skip_existing",
+        ]
+    )
+    resolve_defaults(options)
+    pipeline = new_pipeline(options)
+    build_pipeline(pipeline, options)
+    assert run_until_done(pipeline, options).state == "DONE"
+    rows = pq.read_table(output / "images").to_pylist()
+    assert sorted((Path(r["image_uri"]).name, r["run_id"] == "resumed") for r in rows) == [
+        ("new.png", True),
+        ("old.png", False),
+    ]
