@@ -127,6 +127,16 @@ def _check_locations(options: MaskMineOptions) -> None:
             raise ConfigError(f"{flag} {uri}: {problem}")
 
 
+def quality_thresholds(options: MaskMineOptions) -> QualityThresholds:
+    """The filters after the generator (ValueError for an impossible area range)."""
+    return QualityThresholds(
+        options.min_predicted_iou,
+        options.min_stability_score,
+        options.min_area_fraction,
+        options.max_area_fraction,
+    )
+
+
 def _check_values(options: MaskMineOptions) -> None:
     """Fail at once, naming the flag, on values the workers would only reject after
     reading and decoding (on Dataflow, after starting GPU workers and retrying)."""
@@ -146,12 +156,7 @@ def _check_values(options: MaskMineOptions) -> None:
     except ValueError as e:
         raise ConfigError(f"--{e}") from e
     try:
-        QualityThresholds(
-            options.min_predicted_iou,
-            options.min_stability_score,
-            options.min_area_fraction,
-            options.max_area_fraction,
-        )
+        quality_thresholds(options)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if options.checkpoint is None and options.model_type is not None:
@@ -278,15 +283,7 @@ def _mine(images, options: MaskMineOptions):
     kept = (
         mined["mined"]
         | "Progress" >> beam.ParDo(_Progress())
-        | "Quality"
-        >> FilterMasks(
-            QualityThresholds(
-                options.min_predicted_iou,
-                options.min_stability_score,
-                options.min_area_fraction,
-                options.max_area_fraction,
-            )
-        )
+        | "Quality" >> FilterMasks(quality_thresholds(options))
         | "Dedup" >> DeduplicateMasks(options.dedup_iou_thresh, options.dedup_by)
     )
     return kept, mined["errors"]
