@@ -16,30 +16,44 @@ differ by 20% either way. Prints images/s from the median wall time of each case
 the overhead from the medians and pair by pair, the same from process CPU time
 (which stolen time does not count), the time each case spends outside the
 generator's generate_batch (the pipeline's own work, measured apart from the noisy
-model time), and peak RSS per image count (the 200-image run must not need more
-memory than the 20-image one).
+model time), peak RSS per image count, and malloc's bytes in use.
 
 Every image count cycles through the same `--distinct` images (20 by default, under
 new file names, so each is its own URI): peak memory depends on the heaviest image
 seen (the most masks), and 180 new random images would bring heavier ones. With the
-same content at every count, a higher peak at 200 than at 20 can only come from
-per-image growth. Peaks are VmHWM, in MB, the highest of the repeats, with the lowest
-in brackets (a run's peak varies by a few MB).
+same content at every count, a higher peak at 200 than at 20 comes from per-image
+growth or from the allocator. Peaks are VmHWM, in MB, the highest of the repeats, with
+the lowest in brackets (a run's peak varies by a few MB).
 
-The allocator's share shows when both cases run under another malloc (children inherit
-the environment): LD_PRELOAD=/lib/x86_64-linux-gnu/libjemalloc.so.2 (Debian libjemalloc2).
-Measured here (2026-11-22, 2 repeats), growth of the peak from 20 to 200 images: glibc
-+12 MB bare / +14 MB pipeline; jemalloc +2 / +3..5 MB; tcmalloc +9 / +7 MB.
+Peak RSS also counts memory freed but kept by the allocator, so the script prints what
+is in use as well: glibc malloc's bytes allocated (mallinfo2: heap chunks in use plus
+mmapped ones) after every generate_batch call, the highest over the first 20 images and
+over all of them. A leak, or rows piling up, shows there. Python's small objects live in
+pymalloc arenas outside malloc; tracemalloc (too slow to leave on) measured them:
++2.4 KB between batch 10 and batch 50 of the pipeline.
+
+Measured here (2026-11-22), with glibc: the bytes in use stay flat from the first batch
+to the 50th (bare loop 169.4 MB; pipeline 180.0 -> 180.2 MB, the Parquet sinks'
+row buffers, which WriteToParquet flushes at 1000 rows). The peak still grows by 12-17
+MB from 20 to 200 images, levelling off by ~40: freed memory in glibc's free lists
+(fragmentation). Under other allocators (children inherit the environment, e.g.
+LD_PRELOAD=/lib/x86_64-linux-gnu/libjemalloc.so.2; no in-use figures then),
+growth of the peak from 20 to 200 images: jemalloc +2 bare / +3..5 MB pipeline;
+tcmalloc +9 / +7 MB; jemalloc returning freed pages at once
+(MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0) 478 -> 478 MB bare and 514.0 -> 514.6 MB
+pipeline (the sinks' row buffer again), at half the speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +61,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "tests" / "fixtures" / "sam_tiny.pth"
 BATCH = 4  # images per encoder batch in both
+FIRST_IMAGES = 20  # in-use memory over the first images vs over all of them
 GENERATOR = {"points_per_side": 12, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
@@ -117,30 +132,57 @@ def pipeline_run(spec: dict) -> dict:
     return {"seconds": seconds, "masks": masks}
 
 
-def _time_generator() -> list[float]:
-    """Accumulate the wall time spent inside generate_batch (both cases call it)."""
+def _malloc_in_use() -> Callable[[], int] | None:
+    """Bytes glibc malloc has handed out and not had back; None without glibc 2.33+."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in fields.split()]
+
+    mallinfo2.restype = MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return in_use
+
+
+def _watch_generator() -> tuple[list[float], list[int]]:
+    """Accumulate the wall time spent inside generate_batch (both cases call it) and
+    sample malloc's bytes in use after each call."""
     sys.path.insert(0, str(ROOT))
     from sam_core.generator import AutomaticMaskGenerator
 
-    spent, generate_batch = [0.0], AutomaticMaskGenerator.generate_batch
+    spent, in_use, generate_batch = [0.0], [], AutomaticMaskGenerator.generate_batch
+    measure = _malloc_in_use()
 
-    def timed(self, *args, **kwargs):
+    def watched(self, *args, **kwargs):
         t0 = time.perf_counter()
         try:
             return generate_batch(self, *args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - t0
+            if measure is not None:
+                in_use.append(measure())
 
-    AutomaticMaskGenerator.generate_batch = timed
-    return spent
+    AutomaticMaskGenerator.generate_batch = watched
+    return spent, in_use
 
 
 def child(spec: dict) -> None:
-    spent = _time_generator()
+    spent, in_use = _watch_generator()
     c0 = time.process_time()
     result = (bare_loop if spec["case"] == "bare" else pipeline_run)(spec)
     result["cpu_seconds"] = time.process_time() - c0
     result["generator_seconds"] = spent[0]
+    first = -(-FIRST_IMAGES // BATCH)  # batches holding the first 20 images
+    result["in_use_mb"] = [max(s[:first]) / 2**20, max(s) / 2**20] if (s := in_use) else None
     from benchmarks.peak_memory import peak_rss_gb
 
     result["peak_gb"] = peak_rss_gb()
@@ -162,6 +204,17 @@ def run_child(spec: dict) -> dict:
 def _peak_mb(runs: list[dict]) -> str:
     peaks = [x["peak_gb"] * 1024 for x in runs]
     return f"{max(peaks):.0f} MB [{min(peaks):.0f}]"
+
+
+def _in_use_mb(runs: list[dict]) -> str:
+    """Highest malloc bytes in use after a batch: first 20 images -> all, over the runs."""
+    if any(x["in_use_mb"] is None for x in runs):
+        return "n/a (no glibc mallinfo2)"
+    first = max(x["in_use_mb"][0] for x in runs)
+    every = max(x["in_use_mb"][1] for x in runs)
+    if every < 1:  # glibc's own counters, with another malloc preloaded
+        return "n/a (malloc is not glibc's)"
+    return f"{first:.1f} -> {every:.1f} MB"
 
 
 def main() -> None:
@@ -212,6 +265,10 @@ def main() -> None:
                 f"{'':4s}        | outside the generator: bare loop {b_out:.1f} s, pipeline "
                 f"{p_out:.1f} s: the pipeline's own cost is {(p_out - b_out) / b_s:+.1%} of the "
                 f"bare loop's time (generator {b_s - b_out:.1f} s vs {p_s - p_out:.1f} s)"
+            )
+            print(
+                f"{'':4s}        | malloc in use after a batch, first {FIRST_IMAGES} images -> "
+                f"all: bare loop {_in_use_mb(bare)}, pipeline {_in_use_mb(pipe)}"
             )
 
 
