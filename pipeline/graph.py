@@ -140,6 +140,11 @@ def quality_thresholds(options: MaskMineOptions) -> QualityThresholds:
 def _check_values(options: MaskMineOptions) -> None:
     """Fail at once, naming the flag, on values the workers would only reject after
     reading and decoding (on Dataflow, after starting GPU workers and retrying)."""
+    # An empty --input would resolve to the working directory; an empty --output too.
+    if any(not i.strip() for i in options.input or []):
+        raise ConfigError("--input is empty: give a folder, glob pattern or manifest")
+    if not (options.output or "").strip():
+        raise ConfigError("--output is empty: give a folder (local or gs://)")
     for flag, value in [
         ("inference_batch_size", options.inference_batch_size),
         ("max_pixels", options.max_pixels),

@@ -67,6 +67,9 @@ def test_generator_flags_are_typed():
         (["--max_area_fraction=1.5"], "max_area_fraction <= 1, got 0.0, 1.5"),
         (["--min_area_fraction=0.5", "--max_area_fraction=0.2"], "min_area_fraction <="),
         (["--model_type=vit_h"], "--model_type vit_h needs --checkpoint"),
+        (["--input="], "--input is empty"),
+        (["--input=data/*.png", "--input= "], "--input is empty"),
+        (["--streaming", "--input="], "--input is empty"),
     ],
 )
 def test_bad_values_stop_the_run_at_startup_naming_the_flag(flags, message, tmp_path, capsys):
@@ -77,6 +80,16 @@ def test_bad_values_stop_the_run_at_startup_naming_the_flag(flags, message, tmp_
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_output_stops_the_run_at_startup(tmp_path, capsys, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)  # an empty --output must not mean "here"
+    assert main(["--output="]) == 2
+    err = capsys.readouterr().err
+    assert "--output is empty" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_lists_the_mining_and_streaming_flags(capsys):
