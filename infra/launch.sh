@@ -6,8 +6,9 @@ usage() {
   cat <<'USAGE'
 Usage: infra/launch.sh [--help] [EXTRA_MASKMINE_OPTIONS...]
 
-Launches a batch job, or a streaming one when SUBSCRIPTION is set. Extra arguments are
-passed on to the pipeline (e.g. --embeddings).
+Launches a batch job, or a streaming one when SUBSCRIPTION is set. In MODE=direct,
+extra arguments are passed on to the pipeline (e.g. --embeddings); MODE=template takes
+its settings from the environment only and refuses extra arguments.
 
 Environment:
   PROJECT              Google Cloud project ID                          (required)
@@ -18,6 +19,7 @@ Environment:
   OUTPUT               output folder        (default: gs://BUCKET/out)
   CHECKPOINT           SAM checkpoint       (default: gs://BUCKET/models/sam_vit_h_4b8939.pth)
   MODEL_TYPE           vit_h | vit_l | vit_b                    (default: vit_h)
+  PRECISION            bf16 (Ampere or newer: L4, A100) | fp32 (T4)   (default: bf16)
   MACHINE_TYPE         G2 machine type for L4                   (default: g2-standard-8)
   GPU_TYPE             accelerator type                         (default: nvidia-l4)
   MAX_WORKERS          autoscaling cap                          (default: 4)
@@ -60,6 +62,7 @@ fi
 OUTPUT="${OUTPUT:-gs://${BUCKET}/out}"
 CHECKPOINT="${CHECKPOINT-gs://${BUCKET}/models/sam_vit_h_4b8939.pth}"
 MODEL_TYPE="${MODEL_TYPE:-vit_h}"
+PRECISION="${PRECISION:-bf16}"
 MACHINE_TYPE="${MACHINE_TYPE:-g2-standard-8}"
 GPU_TYPE="${GPU_TYPE:-nvidia-l4}"
 MAX_WORKERS="${MAX_WORKERS:-4}"
@@ -75,7 +78,17 @@ if [[ "${MODE}" == "template" ]]; then
     echo "launch.sh: error: DRY_RUN=1 is for MODE=direct (gcloud has no offline run)" >&2
     exit 2
   fi
+  if [[ $# -gt 0 ]]; then
+    echo "launch.sh: error: MODE=template passes no extra arguments (got: $*); set the" \
+      "environment variables above, or use MODE=direct" >&2
+    exit 2
+  fi
   TEMPLATE_PATH="${TEMPLATE_PATH:-gs://${BUCKET}/templates/maskmine.json}"
+  # The input parameter only when there is one: an empty value is a startup error.
+  template_io="output=${OUTPUT}~checkpoint=${CHECKPOINT}"
+  if [[ -n "${INPUT}" ]]; then
+    template_io="input=${INPUT}~${template_io}"
+  fi
   template_streaming=()
   if [[ -n "${SUBSCRIPTION}" ]]; then
     template_streaming=(--enable-streaming-engine
@@ -87,8 +100,8 @@ if [[ "${MODE}" == "template" ]]; then
     --worker-machine-type "${MACHINE_TYPE}" --max-workers "${MAX_WORKERS}" \
     --temp-location "gs://${BUCKET}/tmp" --staging-location "gs://${BUCKET}/staging" \
     --additional-experiments "${EXPERIMENTS}" \
-    --parameters "^~^input=${INPUT:-}~output=${OUTPUT}~checkpoint=${CHECKPOINT}" \
-    --parameters "model_type=${MODEL_TYPE},precision=bf16,device=cuda" \
+    --parameters "^~^${template_io}" \
+    --parameters "model_type=${MODEL_TYPE},precision=${PRECISION},device=cuda" \
     --parameters "sdk_container_image=${SDK_CONTAINER_IMAGE},disk_size_gb=${DISK_SIZE_GB}" \
     --parameters "^~^dataflow_service_options=${ACCELERATOR}" \
     "${template_streaming[@]}"
@@ -122,7 +135,7 @@ args=(
   --experiments "${EXPERIMENTS}"
   --output "${OUTPUT}"
   --model_type "${MODEL_TYPE}"
-  --precision bf16
+  --precision "${PRECISION}"
   --device cuda
   --share_model_across_processes
 )

@@ -134,7 +134,7 @@ def test_launch_dry_run_builds_the_gpu_job_offline():
         "no_use_multiple_sdk_containers",
         "--sdk_container_image",
         "--share_model_across_processes",
-        "--precision bf16",
+        'PRECISION="${PRECISION:-bf16}"',
         "g2-standard-8",
         "--disk_size_gb",
     ):
@@ -173,3 +173,46 @@ def test_launch_dry_run_streaming_reads_the_subscription():
     assert "--streaming" in command and "--window_s 120" in command
     assert "--input_subscription projects/maskmine-dry-run/subscriptions/maskmine-images" in command
     assert "--input " not in command
+
+
+def _template_launch(
+    tmp_path, *args: str, **env_vars: str
+) -> tuple[subprocess.CompletedProcess, str]:
+    """Run launch.sh in MODE=template with a fake gcloud that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "gcloud_args"
+    fake = bin_dir / "gcloud"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "{calls}"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, MODE="template", PROJECT="p", REGION="us-central1", BUCKET="bkt")
+    env.update(SDK_CONTAINER_IMAGE="img", PATH=f"{bin_dir}:{os.environ['PATH']}", **env_vars)
+    for name in ("DRY_RUN", "INPUT", "CHECKPOINT", "SUBSCRIPTION", "PRECISION"):
+        if name not in env_vars:
+            env.pop(name, None)
+    result = subprocess.run(
+        ["bash", str(INFRA / "launch.sh"), *args], capture_output=True, text=True, env=env
+    )
+    return result, calls.read_text() if calls.exists() else ""
+
+
+def test_template_launch_passes_precision_and_no_empty_input(tmp_path):
+    # Streaming from a subscription without INPUT: no input= parameter (an empty one is
+    # a startup error); PRECISION reaches the template as it does the direct launch.
+    result, gcloud = _template_launch(tmp_path, SUBSCRIPTION="subs", PRECISION="fp32")
+    assert result.returncode == 0, result.stderr
+    assert "precision=fp32" in gcloud and "precision=bf16" not in gcloud
+    assert "input=" not in gcloud.replace("input_subscription=", "")
+    assert "input_subscription=projects/p/subscriptions/subs" in gcloud
+    result, gcloud = _template_launch(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "^~^input=gs://bkt/images/**~output=gs://bkt/out~" in gcloud
+    assert "precision=bf16" in gcloud
+
+
+def test_template_launch_refuses_extra_arguments(tmp_path):
+    # They cannot reach a flex template: refusing beats dropping them silently.
+    result, gcloud = _template_launch(tmp_path, "--embeddings")
+    assert result.returncode == 2
+    assert "MODE=template passes no extra arguments" in result.stderr
+    assert gcloud == ""
