@@ -16,18 +16,18 @@ import logging
 import sys
 import time
 
-import apache_beam as beam
-
 from .graph import (
     ConfigError,
     build_pipeline,
     counters,
+    is_local,
     new_pipeline,
     resolve_defaults,
     run_until_done,
     summarize,
 )
-from .options import MaskMineOptions, StreamingOptions
+from .options import LocalRunOptions, MaskMineOptions, StreamingOptions
+from .parts import mine_in_parts, say
 
 SUBCOMMANDS = ("inspect", "export")
 SUBCOMMANDS_HELP = """\
@@ -54,6 +54,7 @@ def print_help() -> None:
     )
     MaskMineOptions._add_argparse_args(parser)
     StreamingOptions._add_argparse_args(parser)
+    LocalRunOptions._add_argparse_args(parser)
     print(SUBCOMMANDS_HELP, flush=True)
     parser.print_help()
 
@@ -88,39 +89,47 @@ def main(argv: list[str] | None = None) -> int:
         f"(checkpoint {options.checkpoint or options.model_type})",
         file=sys.stderr,
     )
+    if options.view_as(LocalRunOptions).commit_every:
+        try:
+            status, counts = mine_in_parts(options, mine_once)
+        except ConfigError as e:  # e.g. earlier outputs that cannot be listed
+            print(f"maskmine: error: {e}", file=sys.stderr)
+            return 2
+        if status == 0:
+            say("all parts done; counters summed over the parts:")
+            print("\n".join(f"  {k}: {v}" for k, v in sorted(counts.items())), file=sys.stderr)
+    else:
+        status, counts = mine_once(options)
+    if status or counts is None:
+        return status
+    failed = counts.get("inputs_failed", 0)
+    if failed and not counts.get("images_mined", 0):
+        # Every input failed (a mistyped path, a folder of non-images): say so and exit
+        # non-zero so that scripts notice, rather than report an empty success.
+        say(f"no image was mined; {failed} input(s) failed, reasons in {options.output}/errors/")
+        return 1
+    return 0
+
+
+def mine_once(options: MaskMineOptions) -> tuple[int, dict[str, int] | None]:
+    """Build and run one pipeline: (exit status, counters if it ran locally, else None)."""
     start = time.monotonic()
     pipeline = new_pipeline(options)
     try:
         build_pipeline(pipeline, options)
     except ConfigError as e:  # found while building, e.g. an unreadable earlier output
         print(f"maskmine: error: {e}", file=sys.stderr)
-        return 2
+        return 2, None
     try:
         result = run_until_done(pipeline, options)
     except KeyboardInterrupt:
-        print("maskmine: interrupted", file=sys.stderr)
-        return 130
-    if options.view_as(beam.options.pipeline_options.StandardOptions).runner in (
-        None,
-        "DirectRunner",
-    ):
-        print(
-            f"maskmine: done in {time.monotonic() - start:.1f} s, outputs under "
-            f"{options.output}\n{summarize(result)}",
-            file=sys.stderr,
-        )
-        counts = counters(result)
-        failed = counts.get("inputs_failed", 0)
-        if failed and not counts.get("images_mined", 0):
-            # Every input failed (a mistyped path, a folder of non-images): say so and
-            # exit non-zero so that scripts notice, rather than report an empty success.
-            print(
-                f"maskmine: no image was mined; {failed} input(s) failed, reasons in "
-                f"{options.output}/errors/",
-                file=sys.stderr,
-            )
-            return 1
-    return 0
+        say("interrupted")
+        return 130, None
+    if not is_local(options):
+        return 0, None
+    say(f"done in {time.monotonic() - start:.1f} s, outputs under {options.output}")
+    print(summarize(result), file=sys.stderr)
+    return 0, counters(result)
 
 
 if __name__ == "__main__":

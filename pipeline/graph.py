@@ -50,7 +50,13 @@ from transforms.streaming import (
     stop_watching,
 )
 
-from .options import MaskMineOptions, StreamingOptions, generator_params, generator_params_json
+from .options import (
+    LocalRunOptions,
+    MaskMineOptions,
+    StreamingOptions,
+    generator_params,
+    generator_params_json,
+)
 
 _LOG = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +120,25 @@ def _check_streaming(options: MaskMineOptions) -> None:
         )
     if stream.stop_after_s is not None and stream.stop_after_s <= 0:
         raise ConfigError(f"--stop_after_s must be positive, got {stream.stop_after_s}")
+
+
+def _check_parts(options: MaskMineOptions) -> None:
+    every = options.view_as(LocalRunOptions).commit_every
+    if every is None:
+        return
+    if every < 1:
+        raise ConfigError(f"--commit_every must be >= 1, got {every}")
+    if is_streaming(options):
+        raise ConfigError(
+            "--commit_every is for batch runs: a streaming run writes each window's files "
+            "as the window closes"
+        )
+    if not is_local(options):
+        raise ConfigError(
+            "--commit_every is for local runs: Dataflow retries failed work itself and "
+            "writes a batch job's files when it succeeds (split a huge job into several "
+            "jobs instead)"
+        )
 
 
 def _check_locations(options: MaskMineOptions) -> None:
@@ -183,6 +208,7 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     FileSystems.set_options(options)
     _check_values(options)
     _check_streaming(options)
+    _check_parts(options)
     if not options.input and not is_streaming(options):
         if not SAMPLES_DIR.is_dir():
             raise ConfigError(

@@ -189,3 +189,21 @@ class StreamingOptions(PipelineOptions):
             help="Stop watching --input after this many seconds and finish (tests, demos). "
             "Default: watch until the job is cancelled or drained.",
         )
+
+
+class LocalRunOptions(PipelineOptions):
+    """Options of local batch runs only (not in the flex template: Dataflow retries failed
+    work itself and commits a batch job's files when the job succeeds)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        local = parser.add_argument_group("local batch runs")
+        local.add_argument(
+            "--commit_every",
+            type=int,
+            default=None,
+            help="Mine the inputs in parts of this many images, each part a pipeline run "
+            "of its own that writes its files when it finishes, so a run stopped midway "
+            "keeps the parts it finished (resume with --skip_existing). Parts are named "
+            "RUN_ID-partNNNNN. Default: one part.",
+        )

@@ -70,6 +70,9 @@ def test_generator_flags_are_typed():
         (["--input="], "--input is empty"),
         (["--input=data/*.png", "--input= "], "--input is empty"),
         (["--streaming", "--input="], "--input is empty"),
+        (["--commit_every=0"], "--commit_every must be >= 1, got 0"),
+        (["--commit_every=5", "--streaming", "--input=x/"], "--commit_every is for batch runs"),
+        (["--commit_every=5", "--runner=DataflowRunner"], "--commit_every is for local runs"),
     ],
 )
 def test_bad_values_stop_the_run_at_startup_naming_the_flag(flags, message, tmp_path, capsys):
@@ -97,7 +100,14 @@ def test_help_lists_the_mining_and_streaming_flags(capsys):
 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ["--input", "--checkpoint", "--points_per_side", "--dedup_by", "--window_s"]:
+    for flag in [
+        "--input",
+        "--checkpoint",
+        "--points_per_side",
+        "--dedup_by",
+        "--window_s",
+        "--commit_every",
+    ]:
         assert flag in out, flag
     assert "--input_subscription" in out and "inspect" in out
 

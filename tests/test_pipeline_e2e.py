@@ -1,5 +1,6 @@
 """The whole pipeline on the local runner: tiny model, generated images, bad inputs."""
 
+import collections
 import io
 import struct
 import zlib
@@ -192,6 +193,66 @@ def test_same_run_twice_gives_the_same_mask_ids(mined, tmp_path):
     second = sorted(read_table(output, "masks").column("mask_id").to_pylist())
     assert first == second
     assert len(set(first)) == len(first)
+
+
+def _other_output(mined, output: Path) -> list[str]:
+    return [a if not a.startswith("--output=") else f"--output={output}" for a in mined["args"]]
+
+
+def test_a_run_in_parts_writes_what_one_run_writes(mined, tmp_path, capsys):
+    output = tmp_path / "parts"
+    run([*_other_output(mined, output), "--run_id=p", "--commit_every=4"])
+    assert "all parts done" in capsys.readouterr().err
+    one = {t: read_table(mined["output"], t).to_pylist() for t in ("masks", "images", "errors")}
+    parts = {t: read_table(output, t).to_pylist() for t in ("masks", "images", "errors")}
+    assert sorted(m["mask_id"] for m in parts["masks"]) == sorted(
+        m["mask_id"] for m in one["masks"]
+    )
+    for table in ("images", "errors"):
+        assert sorted(r["image_uri"] for r in parts[table]) == sorted(
+            r["image_uri"] for r in one[table]
+        )
+    # One set of files, and one run id, per part of at most 4 images.
+    run_ids = collections.Counter(r["run_id"] for r in parts["images"] + parts["errors"])
+    listed = len(one["images"]) + len(one["errors"])
+    assert len(run_ids) == -(-listed // 4) and max(run_ids.values()) <= 4
+    assert all(r.startswith("p-part") for r in run_ids)
+    assert len(list((output / "images").glob("*.parquet"))) == len(run_ids)
+
+
+def test_a_run_stopped_midway_keeps_its_finished_parts(mined, tmp_path, monkeypatch, capsys):
+    import pipeline.cli
+
+    output = tmp_path / "stopped"
+    args = [f"--input={mined['root'] / 'good'}", f"--output={output}", *FAST]
+    args += [f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", "--commit_every=2"]
+    mine_once, calls = pipeline.cli.mine_once, []
+
+    def dies_in_part_two(options):
+        calls.append(options.run_id)
+        if len(calls) == 2:
+            raise RuntimeError("worker killed")
+        return mine_once(options)
+
+    monkeypatch.setattr(pipeline.cli, "mine_once", dies_in_part_two)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        main(["--runner=DirectRunner", *args, "--run_id=a"])
+    assert "stopped in part 2: part 1 is written" in capsys.readouterr().err
+    first = read_table(output, "images").column("image_uri").to_pylist()
+    assert first == sorted(mined["good"])[:2]
+    monkeypatch.setattr(pipeline.cli, "mine_once", mine_once)
+    run([*args, "--run_id=b", "--skip_existing"])
+    assert "2 image(s) already in" in capsys.readouterr().err
+    images = read_table(output, "images").to_pylist()
+    assert sorted(r["image_uri"] for r in images) == sorted(mined["good"])
+    assert {r["run_id"] for r in images} == {"a-part00000", "b-part00000"}
+    every_mask = read_table(output, "masks").column("mask_id").to_pylist()
+    good = set(mined["good"])
+    assert sorted(every_mask) == sorted(
+        m["mask_id"]
+        for m in read_table(mined["output"], "masks").to_pylist()
+        if m["image_uri"] in good
+    )
 
 
 def test_skip_existing_mines_only_what_is_missing(mined, tmp_path, capsys):

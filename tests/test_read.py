@@ -16,6 +16,7 @@ from transforms.read import (
     MatchImageURIs,
     ReadManifest,
     is_manifest,
+    list_image_uris,
     match_pattern,
     normalize_uri,
     read_manifest,
@@ -255,6 +256,24 @@ def test_image_uris_mines_each_uri_once(tree, tmp_path):
         (f"{tmp_path}/nope/**", "read"),
     ]
     assert all(f.error for f in errors)
+
+
+def test_listing_on_the_launcher_finds_what_the_pipeline_finds(tree, tmp_path):
+    # --commit_every lists the inputs before running: same URIs as ImageURIs, and the
+    # inputs that yield nothing handed back for the pipeline to report.
+    (tmp_path / "m.txt").write_text("imgs/a.jpg\nimgs/nothere.jpg\n")
+    inputs = [
+        f"{tree}/*.jpg",
+        str(tree),
+        str(tmp_path / "m.txt"),
+        str(tmp_path / "missing.csv"),
+        f"{tmp_path}/nope/**",
+    ]
+    uris, failed = list_image_uris(inputs)
+    pipeline_uris, errors = run(tmp_path, lambda p: p | ImageURIs(inputs))
+    assert uris == sorted(pipeline_uris) == images(tree, *IMAGE_NAMES, "nothere.jpg")
+    assert sorted(failed) == sorted(f.uri for f in errors)
+    assert sorted(failed) == sorted([str(tmp_path / "missing.csv"), f"{tmp_path}/nope/**"])
 
 
 def test_read_manifest_pipeline_reports_a_bad_manifest(tree, tmp_path):

@@ -287,6 +287,33 @@ def _as_list(values: Iterable[str] | str, what: str) -> list[str]:
     return values
 
 
+def list_image_uris(
+    inputs: list[str], extensions: Sequence[str] = IMAGE_EXTENSIONS, column: str | None = None
+) -> tuple[list[str], list[str]]:
+    """ImageURIs on the launching machine: (sorted distinct URIs, inputs that yielded none).
+
+    The same rules as ImageURIs; an input whose listing or manifest fails is returned in
+    the second list instead of raising, for a pipeline to report as ImageURIs does.
+    """
+    found: set[str] = set()
+    failed: list[str] = []
+    for spec in _as_list(inputs, "inputs"):
+        try:
+            if is_manifest(spec):
+                uris = read_manifest(normalize_uri(spec.removeprefix(MANIFEST_PREFIX)), column)
+            else:
+                paths, reason = match_pattern(normalize_uri(spec), extensions)
+                if reason is not None:
+                    failed.append(spec)
+                    continue
+                uris = [normalize_uri(p) for p in paths]
+        except Exception:  # ManifestError, a listing error: the pipeline reports why
+            failed.append(spec)
+            continue
+        found.update(uris)
+    return sorted(found), failed
+
+
 def _dedup(uris: PCollection, errors: PCollection) -> ReadOutputs:
     # Distinct groups by URI, which also spreads the URIs of one big listing over workers.
     return ReadOutputs(uris | "Distinct" >> beam.Distinct().with_output_types(str), errors)

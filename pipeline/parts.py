@@ -1,0 +1,97 @@
+"""Local batch runs in parts (`--commit_every N`).
+
+A batch pipeline writes its files when it finishes, so a local run killed after ten hours
+leaves nothing. In parts, the launcher lists the inputs once (the same rules as the
+pipeline's ImageURIs), then runs the pipeline once per N images, each run committing its
+own files: a run stopped midway keeps every part it finished, and `--skip_existing`
+mines only the rest. Part k's rows and files carry the run id RUN_ID-partNNNNN.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.read import list_image_uris
+
+from .graph import mined_images_pattern
+from .options import LocalRunOptions, MaskMineOptions
+
+# Runs one pipeline: (exit status, counters of the finished run or None).
+MineOnce = Callable[[MaskMineOptions], tuple[int, dict[str, int] | None]]
+
+
+def mined_uris(output: str) -> set[str]:
+    """The image_uri column of the images/ tables of earlier runs under `output`."""
+    pattern = mined_images_pattern(output)
+    if pattern is None:
+        return set()
+    uris: set[str] = set()
+    for found in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(found.path) as f:
+            table = pq.read_table(pa.BufferReader(f.read()), columns=["image_uri"])
+        uris.update(table.column("image_uri").to_pylist())
+    return uris
+
+
+def plan_parts(options: MaskMineOptions) -> tuple[list[list[str]], list[str], int]:
+    """(URIs of each part, inputs that listed no image, URIs skipped as already mined)."""
+    uris, failed = list_image_uris(options.input)
+    skipped = 0
+    if options.skip_existing:
+        mined = mined_uris(options.output)
+        kept = [u for u in uris if u not in mined]
+        skipped, uris = len(uris) - len(kept), kept
+    every = options.view_as(LocalRunOptions).commit_every
+    return [uris[i : i + every] for i in range(0, len(uris), every)], failed, skipped
+
+
+def mine_in_parts(options: MaskMineOptions, mine_once: MineOnce) -> tuple[int, dict[str, int]]:
+    """Run `mine_once` for each part; (exit status, counters summed over the parts)."""
+    parts, failed, skipped = plan_parts(options)
+    totals: collections.Counter[str] = collections.Counter(images_skipped_existing=skipped)
+    if skipped:
+        say(f"{skipped} image(s) already in {options.output}/images/: skipped")
+    if not parts and not failed:
+        say("nothing left to mine")
+        return 0, dict(totals)
+    # Inputs that listed nothing go to the first part, whose pipeline writes their errors.
+    parts = parts or [[]]
+    run_id = options.run_id
+    with tempfile.TemporaryDirectory(prefix="maskmine-parts-") as tmp:
+        for k, uris in enumerate(parts):
+            inputs = list(failed) if k == 0 else []
+            if uris:
+                manifest = os.path.join(tmp, f"part-{k:05d}.txt")
+                with open(manifest, "w", encoding="utf-8") as f:
+                    f.writelines(u + "\n" for u in uris)
+                inputs.append(f"manifest:{manifest}")
+            options.input, options.run_id = inputs, f"{run_id}-part{k:05d}"
+            options.skip_existing = False  # already left out above
+            say(f"part {k + 1}/{len(parts)}: {len(uris)} image(s), run {options.run_id}")
+            try:
+                status, counts = mine_once(options)
+            except BaseException:
+                _stopped(k, options.output)
+                raise
+            if status:
+                _stopped(k, options.output)
+                return status, dict(totals)
+            totals.update(counts or {})
+    return 0, dict(totals)
+
+
+def say(message: str) -> None:
+    print(f"maskmine: {message}", file=sys.stderr)
+
+
+def _stopped(k: int, output: str) -> None:
+    done = f"{'part 1 is' if k == 1 else f'parts 1-{k} are'} written to {output}; " if k else ""
+    say(f"stopped in part {k + 1}: {done}run again with --skip_existing to mine the rest")
