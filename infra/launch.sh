@@ -84,10 +84,13 @@ if [[ "${MODE}" == "template" ]]; then
     exit 2
   fi
   TEMPLATE_PATH="${TEMPLATE_PATH:-gs://${BUCKET}/templates/maskmine.json}"
-  # The input parameter only when there is one: an empty value is a startup error.
-  template_io="output=${OUTPUT}~checkpoint=${CHECKPOINT}"
+  # input and checkpoint only when set: an empty value is a startup error.
+  template_io="output=${OUTPUT}"
   if [[ -n "${INPUT}" ]]; then
     template_io="input=${INPUT}~${template_io}"
+  fi
+  if [[ -n "${CHECKPOINT}" ]]; then
+    template_io="${template_io}~checkpoint=${CHECKPOINT}"
   fi
   template_streaming=()
   if [[ -n "${SUBSCRIPTION}" ]]; then
@@ -102,6 +105,7 @@ if [[ "${MODE}" == "template" ]]; then
     --additional-experiments "${EXPERIMENTS}" \
     --parameters "^~^${template_io}" \
     --parameters "model_type=${MODEL_TYPE},precision=${PRECISION},device=cuda" \
+    --parameters "share_model_across_processes=true" \
     --parameters "sdk_container_image=${SDK_CONTAINER_IMAGE},disk_size_gb=${DISK_SIZE_GB}" \
     --parameters "^~^dataflow_service_options=${ACCELERATOR}" \
     "${template_streaming[@]}"

@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:  # e.g. earlier outputs that cannot be listed
             print(f"maskmine: error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # while listing, or between parts
+            say("interrupted")
+            return 130
         if status == 0:
             say("all parts done; counters summed over the parts:")
             print("\n".join(f"  {k}: {v}" for k, v in sorted(counts.items())), file=sys.stderr)

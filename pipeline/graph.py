@@ -170,6 +170,8 @@ def _check_values(options: MaskMineOptions) -> None:
         raise ConfigError("--input is empty: give a folder, glob pattern or manifest")
     if not (options.output or "").strip():
         raise ConfigError("--output is empty: give a folder (local or gs://)")
+    if options.checkpoint is not None and not options.checkpoint.strip():
+        raise ConfigError("--checkpoint is empty: give a SAM state dict (local or gs://)")
     for flag, value in [
         ("inference_batch_size", options.inference_batch_size),
         ("max_pixels", options.max_pixels),
@@ -235,7 +237,26 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
         raise ConfigError(str(e)) from e
     if options.run_id is None:
         options.run_id = new_run_id()
+    elif not dry_run and not is_streaming(options):
+        _check_run_id_is_new(options.output, options.run_id)
     return options
+
+
+def _check_run_id_is_new(output: str, run_id: str) -> None:
+    """A batch run names its files part-RUN_ID-*: a --run_id used before under `output`
+    would replace that run's files (streaming file names carry a random firing token)."""
+    for table in tables.SCHEMAS:
+        pattern = FileSystems.join(output, table, f"part-{run_id}-*")
+        try:
+            taken = FileSystems.match([pattern])[0].metadata_list
+        except Exception:  # a missing local folder: nothing written there yet
+            continue
+        if taken:
+            raise ConfigError(
+                f"--run_id {run_id}: {output} already holds that run's files "
+                f"({taken[0].path}); a new run with that id would replace them, so pick "
+                f"another --run_id (or leave it out)"
+            )
 
 
 def mined_images_pattern(output: str) -> str | None:

@@ -205,5 +205,6 @@ class LocalRunOptions(PipelineOptions):
             help="Mine the inputs in parts of this many images, each part a pipeline run "
             "of its own that writes its files when it finishes, so a run stopped midway "
             "keeps the parts it finished (resume with --skip_existing). Parts are named "
-            "RUN_ID-partNNNNN. Default: one part.",
+            "RUN_ID-partNNNNN. Each part loads the model again: use hundreds of images or "
+            "more per part. Default: one part.",
         )

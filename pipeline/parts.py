@@ -56,25 +56,28 @@ def plan_parts(options: MaskMineOptions) -> tuple[list[list[str]], list[str], in
 def mine_in_parts(options: MaskMineOptions, mine_once: MineOnce) -> tuple[int, dict[str, int]]:
     """Run `mine_once` for each part; (exit status, counters summed over the parts)."""
     parts, failed, skipped = plan_parts(options)
-    totals: collections.Counter[str] = collections.Counter(images_skipped_existing=skipped)
+    totals: collections.Counter[str] = collections.Counter()
     if skipped:
+        totals["images_skipped_existing"] = skipped
         say(f"{skipped} image(s) already in {options.output}/images/: skipped")
     if not parts and not failed:
         say("nothing left to mine")
         return 0, dict(totals)
     # Inputs that listed nothing go to the first part, whose pipeline writes their errors.
+    # If their listing works this time, --skip_existing still applies to what they list.
     parts = parts or [[]]
-    run_id = options.run_id
+    run_id, skip_existing = options.run_id, options.skip_existing
     with tempfile.TemporaryDirectory(prefix="maskmine-parts-") as tmp:
         for k, uris in enumerate(parts):
             inputs = list(failed) if k == 0 else []
             if uris:
-                manifest = os.path.join(tmp, f"part-{k:05d}.txt")
-                with open(manifest, "w", encoding="utf-8") as f:
-                    f.writelines(u + "\n" for u in uris)
+                # Parquet, not lines of text: a URI may hold any character, line breaks too.
+                manifest = os.path.join(tmp, f"part-{k:05d}.parquet")
+                pq.write_table(pa.table({"uri": pa.array(uris, pa.string())}), manifest)
                 inputs.append(f"manifest:{manifest}")
             options.input, options.run_id = inputs, f"{run_id}-part{k:05d}"
-            options.skip_existing = False  # already left out above
+            # The listed URIs were filtered above; inputs listed again here were not.
+            options.skip_existing = skip_existing and k == 0 and bool(failed)
             say(f"part {k + 1}/{len(parts)}: {len(uris)} image(s), run {options.run_id}")
             try:
                 status, counts = mine_once(options)
@@ -82,7 +85,8 @@ def mine_in_parts(options: MaskMineOptions, mine_once: MineOnce) -> tuple[int, d
                 _stopped(k, options.output)
                 raise
             if status:
-                _stopped(k, options.output)
+                if status != 2:  # a config error: running it again would not help
+                    _stopped(k, options.output)
                 return status, dict(totals)
             totals.update(counts or {})
     return 0, dict(totals)
@@ -94,4 +98,7 @@ def say(message: str) -> None:
 
 def _stopped(k: int, output: str) -> None:
     done = f"{'part 1 is' if k == 1 else f'parts 1-{k} are'} written to {output}; " if k else ""
-    say(f"stopped in part {k + 1}: {done}run again with --skip_existing to mine the rest")
+    say(
+        f"stopped in part {k + 1}: {done}run again with --skip_existing (and a new --run_id, "
+        f"if you set one) to mine the rest"
+    )

@@ -124,21 +124,27 @@ def test_launch_dry_run_builds_the_gpu_job_offline():
     env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable)
     for name in ("PROJECT", "REGION", "BUCKET", "SDK_CONTAINER_IMAGE", "CHECKPOINT", "MODE"):
         env.pop(name, None)
+    env.pop("PRECISION", None)
     result = subprocess.run(
-        ["bash", str(INFRA / "launch.sh")], capture_output=True, text=True, env=env, timeout=180
+        ["bash", "-x", str(INFRA / "launch.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    launch = (INFRA / "launch.sh").read_text()
+    # bash -x traces the command line that was run.
+    command = next(line for line in result.stderr.splitlines() if " -m pipeline " in line)
     for setting in (
         "install-nvidia-driver",
         "no_use_multiple_sdk_containers",
         "--sdk_container_image",
         "--share_model_across_processes",
-        'PRECISION="${PRECISION:-bf16}"',
+        "--precision bf16",
         "g2-standard-8",
         "--disk_size_gb",
     ):
-        assert setting in launch, setting
+        assert setting in command, setting
 
 
 def test_launch_dry_run_streaming_reads_the_subscription():
@@ -187,7 +193,9 @@ def _template_launch(
     fake.chmod(0o755)
     env = dict(os.environ, MODE="template", PROJECT="p", REGION="us-central1", BUCKET="bkt")
     env.update(SDK_CONTAINER_IMAGE="img", PATH=f"{bin_dir}:{os.environ['PATH']}", **env_vars)
-    for name in ("DRY_RUN", "INPUT", "CHECKPOINT", "SUBSCRIPTION", "PRECISION"):
+    settings = ("DRY_RUN", "INPUT", "OUTPUT", "CHECKPOINT", "SUBSCRIPTION", "PRECISION")
+    settings += ("MODEL_TYPE", "TEMPLATE_PATH", "WINDOW_S", "MACHINE_TYPE", "MAX_WORKERS")
+    for name in settings:
         if name not in env_vars:
             env.pop(name, None)
     result = subprocess.run(
@@ -206,8 +214,12 @@ def test_template_launch_passes_precision_and_no_empty_input(tmp_path):
     assert "input_subscription=projects/p/subscriptions/subs" in gcloud
     result, gcloud = _template_launch(tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "^~^input=gs://bkt/images/**~output=gs://bkt/out~" in gcloud
-    assert "precision=bf16" in gcloud
+    assert "^~^input=gs://bkt/images/**~output=gs://bkt/out~checkpoint=gs://bkt/" in gcloud
+    assert "precision=bf16" in gcloud and "share_model_across_processes=true" in gcloud
+    # CHECKPOINT= (empty) leaves the parameter out rather than sending checkpoint=.
+    result, gcloud = _template_launch(tmp_path, CHECKPOINT="")
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint=" not in gcloud
 
 
 def test_template_launch_refuses_extra_arguments(tmp_path):

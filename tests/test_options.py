@@ -70,6 +70,7 @@ def test_generator_flags_are_typed():
         (["--input="], "--input is empty"),
         (["--input=data/*.png", "--input= "], "--input is empty"),
         (["--streaming", "--input="], "--input is empty"),
+        (["--checkpoint="], "--checkpoint is empty"),
         (["--commit_every=0"], "--commit_every must be >= 1, got 0"),
         (["--commit_every=5", "--streaming", "--input=x/"], "--commit_every is for batch runs"),
         (["--commit_every=5", "--runner=DataflowRunner"], "--commit_every is for local runs"),

@@ -239,7 +239,7 @@ def test_a_run_stopped_midway_keeps_its_finished_parts(mined, tmp_path, monkeypa
         main(["--runner=DirectRunner", *args, "--run_id=a"])
     assert "stopped in part 2: part 1 is written" in capsys.readouterr().err
     first = read_table(output, "images").column("image_uri").to_pylist()
-    assert first == sorted(mined["good"])[:2]
+    assert sorted(first) == sorted(mined["good"])[:2]
     monkeypatch.setattr(pipeline.cli, "mine_once", mine_once)
     run([*args, "--run_id=b", "--skip_existing"])
     assert "2 image(s) already in" in capsys.readouterr().err
@@ -253,6 +253,39 @@ def test_a_run_stopped_midway_keeps_its_finished_parts(mined, tmp_path, monkeypa
         for m in read_table(mined["output"], "masks").to_pylist()
         if m["image_uri"] in good
     )
+
+
+def test_a_run_id_used_before_under_the_output_is_refused(mined, capsys):
+    # Its files would be replaced (part-RUN_ID-*), with whatever they held lost.
+    before = sorted(p.stat().st_mtime_ns for p in mined["output"].rglob("*.parquet"))
+    assert main(["--runner=DirectRunner", *mined["args"], "--run_id=first"]) == 2
+    assert "already holds that run's files" in capsys.readouterr().err
+    assert sorted(p.stat().st_mtime_ns for p in mined["output"].rglob("*.parquet")) == before
+
+
+def test_parts_mine_uris_with_any_character(tmp_path):
+    # The parts' lists must carry every URI as it is, line breaks in file names included.
+    folder = tmp_path / "odd names"
+    folder.mkdir()
+    for i, name in enumerate(["a\nb.png", "c #1.png", "d.png"]):
+        Image.fromarray(scene(i)).save(folder / name)
+    output = tmp_path / "out"
+    run([f"--input={folder}", f"--output={output}", *FAST, "--commit_every=2"])
+    mined = read_table(output, "images").column("image_uri").to_pylist()
+    assert sorted(mined) == sorted(str(p) for p in folder.iterdir())
+    assert not (output / "errors").exists() or read_table(output, "errors").num_rows == 0
+
+
+def test_ctrl_c_while_listing_the_parts_exits_130(tmp_path, monkeypatch, capsys):
+    import pipeline.parts
+
+    def interrupted(inputs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.parts, "list_image_uris", interrupted)
+    args = [f"--input={tmp_path}", f"--output={tmp_path / 'out'}", "--commit_every=2"]
+    assert main(["--runner=DirectRunner", *args]) == 130
+    assert "maskmine: interrupted" in capsys.readouterr().err
 
 
 def test_skip_existing_mines_only_what_is_missing(mined, tmp_path, capsys):
