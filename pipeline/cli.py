@@ -12,9 +12,12 @@ maskmine export out/ --format sa1b|coco --dest DIR_OR_FILE
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 import time
+
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from .graph import (
     ConfigError,
@@ -59,6 +62,28 @@ def print_help() -> None:
     parser.print_help()
 
 
+def misspelled_flags(argv: list[str]) -> list[str]:
+    """Flags that no pipeline option defines but one nearly does ("--commit-every",
+    "--pred_iou_threshold"), with a suggestion each. Beam would log them as unparseable
+    and run without them; flags not close to any pass on, for the runner."""
+    parsers: list[argparse.ArgumentParser] = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    try:
+        _, unknown = parsers[0].parse_known_args(argv)
+    except SystemExit:  # a bad value of a known flag: reported when options are read
+        return []
+    known = [s for action in parsers[0]._actions for s in action.option_strings]
+    typos = []
+    for arg in unknown:
+        if not arg.startswith("--"):
+            continue
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches("--" + name[2:].replace("-", "_"), known, 1, 0.8)
+        if close:
+            typos.append(f"{name} (did you mean {close[0]}?)")
+    return typos
+
+
 def resolved_options(argv: list[str]) -> MaskMineOptions | None:
     """Parsed and checked options (defaults filled in), or None after printing why not."""
     options = MaskMineOptions(argv)
@@ -80,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print_help()
         return 0
+    typos = misspelled_flags(argv)
+    if typos:
+        print(f"maskmine: error: unknown option {', '.join(typos)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = resolved_options(argv)
     if options is None:

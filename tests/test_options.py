@@ -86,6 +86,35 @@ def test_bad_values_stop_the_run_at_startup_naming_the_flag(flags, message, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "flag, suggestion",
+    [
+        ("--commit-every=3", "--commit_every"),
+        ("--pred_iou_threshold=0.5", "--pred_iou_thresh"),
+        ("--points-per-side", "--points_per_side"),
+        ("--skip_exisiting", "--skip_existing"),
+    ],
+)
+def test_a_misspelled_flag_stops_the_run_instead_of_being_ignored(
+    flag, suggestion, tmp_path, capsys
+):
+    # Beam would log it as unparseable and mine with the default instead.
+    from pipeline.cli import main
+
+    assert main([f"--output={tmp_path / 'out'}", flag, "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"did you mean {suggestion}?" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_flags_of_beam_and_of_runners_are_not_taken_for_typos():
+    from pipeline.cli import misspelled_flags
+
+    argv = ["--experiment=use_runner_v2", "--direct_running_mode=in_memory", "--dry_run"]
+    argv += ["--some_runner_only_flag=1", "--input", "x", "--window_s", "5"]
+    assert misspelled_flags(argv) == []
+
+
 def test_an_empty_output_stops_the_run_at_startup(tmp_path, capsys, monkeypatch):
     from pipeline.cli import main
 
