@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from transforms.read import list_image_uris
 
@@ -30,15 +29,14 @@ MineOnce = Callable[[MaskMineOptions], tuple[int, dict[str, int] | None]]
 
 def mined_uris(output: str) -> set[str]:
     """The image_uri column of the images/ tables of earlier runs under `output`."""
-    pattern = mined_images_pattern(output)
-    if pattern is None:
+    # mined_images_pattern raises ConfigError when the listing fails (read_table would
+    # read that as "no files", i.e. mine everything again).
+    if mined_images_pattern(output) is None:
         return set()
-    uris: set[str] = set()
-    for found in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(found.path) as f:
-            table = pq.read_table(pa.BufferReader(f.read()), columns=["image_uri"])
-        uris.update(table.column("image_uri").to_pylist())
-    return uris
+    # Imported here, as the CLI's subcommands are: the worker image has no exports/.
+    from exports.tables import read_table
+
+    return set(read_table(output, "images", ["image_uri"]).column("image_uri").to_pylist())
 
 
 def plan_parts(options: MaskMineOptions) -> tuple[list[list[str]], list[str], int]:
