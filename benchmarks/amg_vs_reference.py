@@ -45,7 +45,7 @@ def make_image(height: int, width: int, path: str | None) -> np.ndarray:
 
         return np.asarray(Image.open(path).convert("RGB"))
     sys.path.insert(0, str(ROOT))
-    from scripts.reference_parity import test_images
+    from scripts.seeded import test_images
 
     return test_images([(height, width)], seed=7)[0]
 
@@ -60,7 +60,7 @@ def worker(spec: dict) -> None:
         import torch
 
         sys.path.insert(0, str(ROOT))
-        from scripts.amg_parity import reference_generator
+        from scripts.reference import reference_generator
 
         generator = reference_generator(spec["checkpoint"], **spec["params"])
         with torch.no_grad():
@@ -142,7 +142,7 @@ def seeded_checkpoint(path: str) -> str:
 
     sys.path.insert(0, str(ROOT))
     from sam_core import VIT_B
-    from scripts.reference_parity import seeded_state_dict
+    from scripts.seeded import seeded_state_dict
 
     if not os.path.exists(path):
         torch.save(seeded_state_dict(VIT_B, seed=0), path)
@@ -164,7 +164,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
-    from scripts.amg_parity import match_records
+    from scripts.amg_match import match_records
 
     try:
         import segment_anything  # noqa: F401

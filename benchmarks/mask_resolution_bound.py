@@ -27,7 +27,7 @@ from scipy.ndimage import distance_transform_edt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sam_core.evaluate import held_out_scenes
+from training.evaluate import held_out_scenes
 
 
 def best_case_iou(mask: np.ndarray, side: int) -> float:

@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from pycocotools import mask as mask_utils
 
 from transforms.decode import decode_image_bytes, read_image_bytes
-from transforms.read import normalize_uri
+from transforms.uris import normalize_uri
 
 from . import render
 from .dataset import RunImage, keep_newest, load_run, newest_runs

@@ -13,9 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from schemas import tables
-
-TABLES = ("masks", "images", "errors")
+from schemas import layout, tables
 
 
 class RunError(ValueError):
@@ -24,7 +22,7 @@ class RunError(ValueError):
 
 def table_files(output: str, table: str) -> list[str]:
     """Sorted paths of the Parquet part files of `table` under `output` (may be empty)."""
-    pattern = FileSystems.join(output, table, "*.parquet")
+    pattern = layout.table_glob(output, table)
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception:  # Beam raises when a local folder is missing; that is "no files"
@@ -35,7 +33,7 @@ def table_files(output: str, table: str) -> list[str]:
 def check_run(output: str) -> None:
     """Raise RunError unless `output` holds at least one of the tables (a run where every
     input failed has only errors/)."""
-    if any(table_files(output, table) for table in TABLES):
+    if any(table_files(output, table) for table in layout.TABLES):
         return
     # A gs:// "folder" is only a prefix, so exists() alone cannot tell; look for any object.
     try:

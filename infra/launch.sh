@@ -19,7 +19,8 @@ Environment:
   OUTPUT               output folder        (default: gs://BUCKET/out)
   CHECKPOINT           SAM checkpoint       (default: gs://BUCKET/models/sam_vit_h_4b8939.pth)
   MODEL_TYPE           vit_h | vit_l | vit_b                    (default: vit_h)
-  PRECISION            bf16 (Ampere or newer: L4, A100) | fp32 (T4)   (default: bf16)
+  PRECISION            auto (bf16 on Ampere or newer: L4, A100; fp32 on T4) | bf16 | fp32
+                       (default: auto, decided on each worker)
   MACHINE_TYPE         G2 machine type for L4                   (default: g2-standard-8)
   GPU_TYPE             accelerator type                         (default: nvidia-l4)
   MAX_WORKERS          autoscaling cap                          (default: 4)
@@ -62,7 +63,7 @@ fi
 OUTPUT="${OUTPUT:-gs://${BUCKET}/out}"
 CHECKPOINT="${CHECKPOINT-gs://${BUCKET}/models/sam_vit_h_4b8939.pth}"
 MODEL_TYPE="${MODEL_TYPE:-vit_h}"
-PRECISION="${PRECISION:-bf16}"
+PRECISION="${PRECISION:-auto}"
 MACHINE_TYPE="${MACHINE_TYPE:-g2-standard-8}"
 GPU_TYPE="${GPU_TYPE:-nvidia-l4}"
 MAX_WORKERS="${MAX_WORKERS:-4}"

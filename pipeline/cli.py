@@ -15,22 +15,13 @@ import argparse
 import difflib
 import logging
 import sys
-import time
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from .graph import (
-    ConfigError,
-    build_pipeline,
-    counters,
-    is_local,
-    new_pipeline,
-    resolve_defaults,
-    run_until_done,
-    summarize,
-)
+from .config import ConfigError, resolve_defaults
 from .options import LocalRunOptions, MaskMineOptions, StreamingOptions
-from .parts import mine_in_parts, say
+from .parts import mine_in_parts
+from .run import mine_once, say
 
 SUBCOMMANDS = ("inspect", "export")
 SUBCOMMANDS_HELP = """\
@@ -120,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if options.view_as(LocalRunOptions).commit_every:
         try:
-            status, counts = mine_in_parts(options, mine_once)
+            status, counts = mine_in_parts(options)
         except ConfigError as e:  # e.g. earlier outputs that cannot be listed
             print(f"maskmine: error: {e}", file=sys.stderr)
             return 2
@@ -141,27 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         say(f"no image was mined; {failed} input(s) failed, reasons in {options.output}/errors/")
         return 1
     return 0
-
-
-def mine_once(options: MaskMineOptions) -> tuple[int, dict[str, int] | None]:
-    """Build and run one pipeline: (exit status, counters if it ran locally, else None)."""
-    start = time.monotonic()
-    pipeline = new_pipeline(options)
-    try:
-        build_pipeline(pipeline, options)
-    except ConfigError as e:  # found while building, e.g. an unreadable earlier output
-        print(f"maskmine: error: {e}", file=sys.stderr)
-        return 2, None
-    try:
-        result = run_until_done(pipeline, options)
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130, None
-    if not is_local(options):
-        return 0, None
-    say(f"done in {time.monotonic() - start:.1f} s, outputs under {options.output}")
-    print(summarize(result), file=sys.stderr)
-    return 0, counters(result)
 
 
 if __name__ == "__main__":

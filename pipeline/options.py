@@ -10,6 +10,8 @@ import json
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from sam_core.precision import CHOICES as PRECISION_CHOICES
+
 # Generator parameter -> (type, default), as in the reference.
 GENERATOR_PARAMS: dict[str, tuple[type, object]] = {
     "points_per_side": (int, 32),
@@ -86,7 +88,13 @@ class MaskMineOptions(PipelineOptions):
             choices=["vit_h", "vit_l", "vit_b"],
             help="Checked against the checkpoint; inferred from its shapes when omitted.",
         )
-        model.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+        model.add_argument(
+            "--precision",
+            default="auto",
+            choices=PRECISION_CHOICES,
+            help="auto: bf16 where the hardware runs it fast (CUDA with bf16, a CPU with "
+            "AMX or AVX512-BF16), else fp32 (exact). The masks table records the one used.",
+        )
         model.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
         model.add_argument(
             "--inference_batch_size",
@@ -125,8 +133,11 @@ class MaskMineOptions(PipelineOptions):
         quality.add_argument(
             "--dedup_iou_thresh",
             type=float,
-            default=0.7,
-            help="NMS within each image across everything kept; 1.0 turns it off.",
+            default=1.0,
+            help="NMS within each image across everything kept, after the filters: drop a "
+            "mask whose IoU with a better-scored one exceeds this. Default 1.0: off (the "
+            "generator's own box NMS at --box_nms_thresh already ran; useful with "
+            "--dedup_by mask, or stricter than the generator).",
         )
         quality.add_argument("--dedup_by", default="box", choices=["box", "mask"])
 

@@ -11,32 +11,31 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import tempfile
-from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
-from transforms.read import list_image_uris
+from transforms.uris import list_image_uris
 
-from .graph import mined_images_pattern
+from .config import mined_images_pattern
 from .options import LocalRunOptions, MaskMineOptions
-
-# Runs one pipeline: (exit status, counters of the finished run or None).
-MineOnce = Callable[[MaskMineOptions], tuple[int, dict[str, int] | None]]
+from .run import mine_once, say
 
 
 def mined_uris(output: str) -> set[str]:
     """The image_uri column of the images/ tables of earlier runs under `output`."""
-    # mined_images_pattern raises ConfigError when the listing fails (read_table would
-    # read that as "no files", i.e. mine everything again).
-    if mined_images_pattern(output) is None:
+    # mined_images_pattern raises ConfigError when the listing fails: a resume that
+    # read that as "nothing mined" would mine everything again.
+    pattern = mined_images_pattern(output)
+    if pattern is None:
         return set()
-    # Imported here, as the CLI's subcommands are: the worker image has no exports/.
-    from exports.tables import read_table
-
-    return set(read_table(output, "images", ["image_uri"]).column("image_uri").to_pylist())
+    uris: set[str] = set()
+    for found in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(found.path) as f:
+            uris.update(pq.read_table(f, columns=["image_uri"]).column(0).to_pylist())
+    return uris
 
 
 def plan_parts(options: MaskMineOptions) -> tuple[list[list[str]], list[str], int]:
@@ -51,8 +50,8 @@ def plan_parts(options: MaskMineOptions) -> tuple[list[list[str]], list[str], in
     return [uris[i : i + every] for i in range(0, len(uris), every)], failed, skipped
 
 
-def mine_in_parts(options: MaskMineOptions, mine_once: MineOnce) -> tuple[int, dict[str, int]]:
-    """Run `mine_once` for each part; (exit status, counters summed over the parts)."""
+def mine_in_parts(options: MaskMineOptions) -> tuple[int, dict[str, int]]:
+    """Run the pipeline once for each part; (exit status, counters summed over the parts)."""
     parts, failed, skipped = plan_parts(options)
     totals: collections.Counter[str] = collections.Counter()
     if skipped:
@@ -88,10 +87,6 @@ def mine_in_parts(options: MaskMineOptions, mine_once: MineOnce) -> tuple[int, d
                 return status, dict(totals)
             totals.update(counts or {})
     return 0, dict(totals)
-
-
-def say(message: str) -> None:
-    print(f"maskmine: {message}", file=sys.stderr)
 
 
 def _stopped(k: int, output: str) -> None:

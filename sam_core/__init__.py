@@ -2,6 +2,7 @@
 
 from .build import CheckpointError, build_sam, load_state_dict, save_state_dict
 from .config import CONFIGS, VIT_B, VIT_H, VIT_L, SamConfig, config_from_state_dict
+from .generator import AutomaticMaskGenerator
 from .predictor import ImageEmbedding, Prediction, SamPredictor
 from .sam import Sam
 
@@ -10,6 +11,7 @@ __all__ = [
     "VIT_B",
     "VIT_H",
     "VIT_L",
+    "AutomaticMaskGenerator",
     "CheckpointError",
     "ImageEmbedding",
     "Prediction",

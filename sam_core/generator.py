@@ -116,7 +116,8 @@ class AutomaticMaskGenerator:
         (pixels), then NMS again preferring unchanged masks.
     output_mode: "binary_mask" ((H, W) bool ndarray), "uncompressed_rle" or
         "coco_rle" (pycocotools dict with str counts).
-    precision: "fp32" (exact) or "bf16".
+    precision: "fp32" (exact), "bf16", or "auto" (bf16 where the hardware runs it fast;
+        `self.precision` is the one chosen).
     encoder_batch_size: crops encoded per encoder call in generate_batch.
     """
 
@@ -162,6 +163,7 @@ class AutomaticMaskGenerator:
                 f"needs {crop_n_layers + 1}"
             )
         self.predictor = SamPredictor(model, precision)
+        self.precision = self.predictor.precision
         self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
@@ -188,25 +187,6 @@ def uncrop_points(points: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
     return points + offset
 
 
-def uncrop_masks(
-    masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: int
-) -> torch.Tensor:
-    """(..., h, w) masks of a crop -> (..., orig_h, orig_w), zero outside the crop.
-
-    Returns the input itself when the crop is the whole image.
-    """
-    x0, y0, x1, y1 = crop_box
-    if masks.shape[-2:] != (y1 - y0, x1 - x0):
-        raise ValueError(f"masks of shape {tuple(masks.shape)} do not match crop {crop_box}")
-    if (x0, y0, x1, y1) == (0, 0, orig_w, orig_h):
-        return masks
-    pad = (x0, orig_w - x1, y0, orig_h - y1)  # left, right, top, bottom
-    # A negative pad would silently crop instead of failing.
-    if min(pad) < 0:
-        raise ValueError(f"crop {crop_box} extends outside a {orig_h}x{orig_w} image")
-    return F.pad(masks, pad, value=0)
-
-
 def is_box_near_crop_edge(
     boxes: torch.Tensor,
     crop_box: list[int],
@@ -325,30 +305,11 @@ def masks_to_rle(masks: torch.Tensor) -> list[RLE]:
     return out
 
 
-def rle_to_mask(rle: RLE) -> np.ndarray:
-    """Uncompressed COCO RLE -> (H, W) bool mask."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {counts.sum()}, expected {h * w}")
-    values = np.arange(len(counts)) % 2 == 1  # runs alternate 0, 1, 0, ...
-    # Column-major pixels fill a (W, H) array row by row; transpose back to (H, W).
-    return np.ascontiguousarray(np.repeat(values, counts).reshape(w, h).T)
-
-
 def coco_encode(masks: np.ndarray | torch.Tensor) -> list[RLE]:
     """(N, H, W) bool masks -> compressed COCO RLE dicts with str (utf-8) counts, for JSON."""
-    if masks.shape[0] == 0:
-        return []
     if isinstance(masks, np.ndarray):
         masks = torch.from_numpy(masks)
-    # pycocotools wants (H, W, N) uint8 in Fortran order, i.e. the bytes of a C-order
-    # (N, W, H) array: one transposing copy, then views.
-    column_major = masks.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy()
-    rles = mask_utils.encode(column_major.transpose(2, 1, 0))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("utf-8")
-    return rles
+    return coco_encode_column_major(masks.to(torch.bool).transpose(1, 2))
 
 
 def coco_encode_column_major(masks_t: torch.Tensor) -> list[RLE]:
@@ -377,11 +338,6 @@ def rle_boxes_and_areas(rles: list[RLE]) -> tuple[torch.Tensor, torch.Tensor]:
     boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], dim=1)
     # An empty mask has box [0, 0, 0, 0] (toBbox gives w = h = 0, i.e. max -1).
     return boxes.masked_fill((areas == 0)[:, None], 0), areas
-
-
-def area_from_rle(rle: RLE) -> int:
-    """Foreground pixel count of an uncompressed COCO RLE (the sum of its odd runs)."""
-    return int(sum(rle["counts"][1::2]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .allocator import keep_freed_memory
+from .precision import resolve_precision
 from .preprocess import (
     boxes_to_input_frame,
     coords_to_input_frame,
@@ -22,7 +22,6 @@ from .preprocess import (
 from .sam import Sam
 from .transformer import ImageCache
 
-PRECISIONS = ("fp32", "bf16")
 # Prompts per mask-decoder call inside a batch (peak memory, not results).
 _DECODER_CHUNK = 16
 
@@ -91,11 +90,12 @@ class SamPredictor:
     trained model, 93.3% of masks at IoU >= 0.95 with fp32 against 96.5%).
     Autocast is not used in the decoder: it is mostly elementwise work on large
     tensors, where mixed float32/bfloat16 operands cost more than they save.
+    "auto": bf16 where the model's device runs it fast (sam_core.precision), else fp32;
+    `self.precision` is the one chosen.
     """
 
     def __init__(self, model: Sam, precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        precision = resolve_precision(precision, next(model.parameters()).device)
         self.model = model
         self.precision = precision
         self.decoder_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -106,7 +106,6 @@ class SamPredictor:
             self.mask_decoder.output_upscaling.to(self.decoder_dtype)
             for layer in self.mask_decoder.transformer.layers:
                 layer.norm4.to(self.decoder_dtype)
-        keep_freed_memory()
 
     @property
     def device(self) -> torch.device:

@@ -204,18 +204,8 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     Raises ValueError naming the row and field for a missing or unexpected field, a None,
     a value of the wrong type, a list of the wrong length, a naive datetime or invalid JSON.
     """
-    expected = set(schema.names)
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ValueError(f"row {i}: expected a dict, got {type(row).__name__}")
-        if row.keys() != expected:
-            missing = sorted(expected - row.keys())
-            extra = sorted(row.keys() - expected, key=str)
-            parts = [f"missing field(s) {missing}"] if missing else []
-            parts += [f"unexpected field(s) {extra}"] if extra else []
-            raise ValueError(f"row {i}: {', '.join(parts)}")
-        for field in schema:
-            _check(field, row[field.name], field.name, f"row {i}")
+        check_row(row, schema, f"row {i}")
     arrays = []
     for field in schema:
         try:
@@ -223,6 +213,22 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         except (pa.ArrowException, OverflowError) as e:
             raise ValueError(f"field {field.name!r}: {e}") from e
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def check_row(row: dict[str, Any], schema: pa.Schema, where: str = "row") -> None:
+    """Raise ValueError naming `where` and the field unless `row` fits `schema` (the
+    checks of `to_table`, for one row: batch sinks validate each row as they write)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(row).__name__}")
+    expected = schema.names
+    if row.keys() != set(expected):
+        missing = sorted(set(expected) - row.keys())
+        extra = sorted(row.keys() - set(expected), key=str)
+        parts = [f"missing field(s) {missing}"] if missing else []
+        parts += [f"unexpected field(s) {extra}"] if extra else []
+        raise ValueError(f"{where}: {', '.join(parts)}")
+    for field in schema:
+        _check(field, row[field.name], field.name, where)
 
 
 def _check(field: pa.Field, value: Any, path: str, where: str) -> None:

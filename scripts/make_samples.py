@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sam_core.scenes import make_scene
+from training.scenes import make_scene
 
 SAMPLES = Path(__file__).resolve().parent.parent / "pipeline" / "samples"
 SEEDS = [2_000_000 + i for i in range(4)]

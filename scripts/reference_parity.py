@@ -20,114 +20,16 @@ import os
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sam_core import CONFIGS, Sam, SamConfig, SamPredictor, build_sam
+from sam_core import CONFIGS, SamPredictor, build_sam
+from scripts.reference import build_reference, reference_records, run_reference
+from scripts.seeded import TINY, seeded_state_dict, test_images
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
-
-# The tiny config of the committed fixtures: windowed blocks whose window (6) does
-# not divide the grid (16), so the padding path runs; a narrow decoder.
-TINY = SamConfig(
-    image_size=256,
-    encoder_embed_dim=64,
-    encoder_depth=3,
-    encoder_num_heads=4,
-    encoder_global_attn_indexes=(1,),
-    window_size=6,
-    prompt_embed_dim=64,
-    mask_in_chans=8,
-    decoder_num_heads=8,
-    decoder_mlp_dim=128,
-    iou_head_hidden_dim=64,
-)
-
-
-def build_reference(config: SamConfig):
-    """The reference model with the dimensions of `config` (random init)."""
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    grid = config.embedding_size
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            embed_dim=config.encoder_embed_dim,
-            depth=config.encoder_depth,
-            num_heads=config.encoder_num_heads,
-            mlp_ratio=config.encoder_mlp_ratio,
-            out_chans=config.prompt_embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_abs_pos=True,
-            use_rel_pos=True,
-            window_size=config.window_size,
-            global_attn_indexes=config.encoder_global_attn_indexes,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=config.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(config.image_size, config.image_size),
-            mask_in_chans=config.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=config.prompt_embed_dim,
-            transformer=TwoWayTransformer(
-                depth=config.decoder_depth,
-                embedding_dim=config.prompt_embed_dim,
-                num_heads=config.decoder_num_heads,
-                mlp_dim=config.decoder_mlp_dim,
-                attention_downsample_rate=config.decoder_attention_downsample_rate,
-            ),
-            num_multimask_outputs=config.num_multimask_outputs,
-            iou_head_depth=config.iou_head_depth,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
-        ),
-    ).eval()
-
-
-def seeded_state_dict(config: SamConfig, seed: int) -> dict[str, torch.Tensor]:
-    """A reproducible random state dict in the official format (our module init,
-    so it needs no reference package; both implementations load it)."""
-    torch.manual_seed(seed)
-    state = Sam(config).state_dict()
-    gen = torch.Generator().manual_seed(seed + 1)
-    for name, tensor in state.items():
-        if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")):
-            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.2)
-        # Default init gives mask logits of ~0.03 and near-constant IoU, against
-        # which an absolute tolerance of 1e-4 would prove little: scale the last
-        # layers so logits and IoU spread over several units.
-        elif "output_hypernetworks_mlps" in name and name.endswith("layers.2.weight"):
-            tensor.mul_(50.0)
-        elif name == "mask_decoder.iou_prediction_head.layers.2.weight":
-            tensor.mul_(20.0)
-    return state
-
-
-def test_images(sizes: list[tuple[int, int]], seed: int) -> list[np.ndarray]:
-    """Smooth gradients with a few discs: structure that survives resizing."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for h, w in sizes:
-        yy, xx = np.mgrid[0:h, 0:w]
-        img = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], -1)
-        for _ in range(4):
-            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.1, 0.4) * min(h, w)
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.uniform(0, 255, 3)
-        img += rng.normal(0, 8, img.shape)
-        images.append(np.clip(img, 0, 255).astype(np.uint8))
-    return images
 
 
 def prompt_cases(h: int, w: int, seed: int) -> list[dict]:
@@ -170,37 +72,6 @@ def prompt_cases(h: int, w: int, seed: int) -> list[dict]:
             multimask=False,
         ),
     ]
-
-
-def run_reference(model, image: np.ndarray, cases: list[dict]) -> tuple[torch.Tensor, list[dict]]:
-    from segment_anything import SamPredictor as RefPredictor
-
-    predictor = RefPredictor(model)
-    predictor.set_image(image)
-    results, by_name = [], {}
-    for case in cases:
-
-        def tensor(x):
-            return None if x is None else torch.as_tensor(x, dtype=torch.float)
-
-        coords = labels = boxes = masks = None
-        if "point_coords" in case:
-            coords = tensor(predictor.transform.apply_coords(case["point_coords"], image.shape[:2]))
-            labels = torch.as_tensor(case["point_labels"], dtype=torch.int)
-        if "boxes" in case:
-            boxes = tensor(predictor.transform.apply_boxes(case["boxes"], image.shape[:2]))
-        if "mask_inputs" in case:
-            masks = by_name[case["mask_inputs"].split(":")[1]]["low_res"][:2, :1]
-        with torch.no_grad():
-            out, iou, low = predictor.predict_torch(
-                coords, labels, boxes, masks, case["multimask"], return_logits=True
-            )
-        result = dict(case, masks=out, iou=iou, low_res=low)
-        if masks is not None:
-            result["mask_inputs"] = masks
-        results.append(result)
-        by_name[case["name"]] = result
-    return predictor.features[0].clone(), results
 
 
 def run_ours(predictor: SamPredictor, images: list[np.ndarray], cases_per_image: list[list[dict]]):
@@ -281,8 +152,7 @@ AMG_CASES = {
 
 def cmd_amg_fixtures(args) -> None:
     """Reference records on held-out synthetic scenes with the trained model."""
-    from sam_core.scenes import make_scene
-    from scripts.amg_parity import reference_records
+    from training.scenes import make_scene
 
     checkpoint = str(args.checkpoint)
     images = [

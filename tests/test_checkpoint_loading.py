@@ -31,7 +31,7 @@ def test_explicit_config_matching_the_file_loads(tiny_checkpoint):
 
 
 def test_build_without_checkpoint_has_no_sha():
-    from scripts.reference_parity import TINY
+    from scripts.seeded import TINY
 
     model = build_sam(TINY)
     assert model.checkpoint_sha256 is None

@@ -2,7 +2,8 @@
 
 import apache_beam as beam
 
-from pipeline.graph import build_pipeline, resolve_defaults
+from pipeline.config import resolve_defaults
+from pipeline.graph import build_pipeline
 from pipeline.options import MaskMineOptions
 
 

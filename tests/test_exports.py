@@ -27,8 +27,7 @@ from exports.sa1b import json_names
 from pipeline.cli import main
 
 from .conftest import FIXTURES
-from .test_gcs import BUCKET, gcs  # noqa: F401 (a GCS emulator: pytest finds the fixture here)
-from .test_pipeline_e2e import FAST, read_table, scene
+from .helpers import BUCKET, FAST, read_table, scene
 
 SA1B_IMAGE_KEYS = {"image_id", "width", "height", "file_name"}
 SA1B_ANNOTATION_KEYS = {

@@ -12,16 +12,8 @@ over the network; the emulator ignores the token.
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import io
-import json
-import socket
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -30,129 +22,7 @@ from PIL import Image
 from pipeline.cli import main
 
 from .conftest import FIXTURES
-from .test_pipeline_e2e import FAST, scene
-
-BUCKET = "maskmine-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"emulator exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"emulator not listening on {port} after {seconds} s")
-
-
-class FaultyProxy(http.server.ThreadingHTTPServer):
-    """Forwards HTTP to the emulator; with fail_every = n, answers every n-th request 503."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream_port: int) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.upstream_port = upstream_port
-        self.fail_every = 0
-        self.requests = 0
-        self.injected = 0
-        self.lock = threading.Lock()
-
-    def should_fail(self) -> bool:
-        with self.lock:
-            self.requests += 1
-            if self.fail_every and self.requests % self.fail_every == 0:
-                self.injected += 1
-                return True
-            return False
-
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def _forward(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        if self.server.should_fail():
-            payload = b'{"error": {"code": 503, "message": "injected by the test proxy"}}'
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-            return
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=30)
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-        upstream.request(self.command, self.path, body=body, headers=headers)
-        response = upstream.getresponse()
-        data = response.read()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("transfer-encoding", "content-length", "connection"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        upstream.close()
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    """A GCS emulator behind a FaultyProxy, with the environment pointing at it."""
-    root = tmp_path_factory.mktemp("gcs")
-    adc = root / "adc.json"
-    adc.write_text(
-        json.dumps(
-            {
-                "type": "authorized_user",
-                "client_id": "emulator",
-                "client_secret": "emulator",
-                "refresh_token": "emulator",
-                "token": "emulator",
-                "expiry": "2999-01-01T00:00:00Z",
-            }
-        )
-    )
-    port = _free_port()
-    emulator = Path(sys.executable).parent / "gcp-storage-emulator"
-    process = subprocess.Popen(
-        [str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    proxy = FaultyProxy(port)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    with pytest.MonkeyPatch.context() as env:
-        try:
-            _wait_for_port(port, process)
-            thread.start()
-            env.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_address[1]}")
-            env.setenv("NO_GCE_CHECK", "true")
-            env.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
-            env.setenv("GOOGLE_CLOUD_PROJECT", "maskmine-test")
-            from google.cloud import storage
-
-            client = storage.Client()
-            client.create_bucket(BUCKET)
-            yield {"client": client, "bucket": client.bucket(BUCKET), "proxy": proxy}
-        finally:
-            proxy.shutdown()
-            process.terminate()
-            process.wait(timeout=10)
+from .helpers import BUCKET, FAST, scene
 
 
 def _upload_png(bucket, name: str, seed: int) -> str:

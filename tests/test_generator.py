@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 from sam_core import build_sam
 from sam_core.generator import AutomaticMaskGenerator
 from sam_core.mask_ops import masks_to_boxes
-from scripts.amg_parity import match_records
+from scripts.amg_match import match_records
 
 from .conftest import FIXTURES
 

@@ -79,7 +79,7 @@ def test_a_model_shared_across_processes_mines_like_a_local_one():
     ]
     assert all(counts for _, _, counts, _, _ in expected)  # something to compare
     handler = SamModelHandler(
-        ModelSpec(str(CHECKPOINT)),
+        ModelSpec(str(CHECKPOINT), precision="fp32"),
         PARAMS,
         max_batch_size=2,
         share_across_processes=True,

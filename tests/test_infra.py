@@ -140,7 +140,7 @@ def test_launch_dry_run_builds_the_gpu_job_offline():
         "no_use_multiple_sdk_containers",
         "--sdk_container_image",
         "--share_model_across_processes",
-        "--precision bf16",
+        "--precision auto",
         "g2-standard-8",
         "--disk_size_gb",
     ):
@@ -209,13 +209,13 @@ def test_template_launch_passes_precision_and_no_empty_input(tmp_path):
     # a startup error); PRECISION reaches the template as it does the direct launch.
     result, gcloud = _template_launch(tmp_path, SUBSCRIPTION="subs", PRECISION="fp32")
     assert result.returncode == 0, result.stderr
-    assert "precision=fp32" in gcloud and "precision=bf16" not in gcloud
+    assert "precision=fp32" in gcloud and "precision=auto" not in gcloud
     assert "input=" not in gcloud.replace("input_subscription=", "")
     assert "input_subscription=projects/p/subscriptions/subs" in gcloud
     result, gcloud = _template_launch(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "^~^input=gs://bkt/images/**~output=gs://bkt/out~checkpoint=gs://bkt/" in gcloud
-    assert "precision=bf16" in gcloud and "share_model_across_processes=true" in gcloud
+    assert "precision=auto" in gcloud and "share_model_across_processes=true" in gcloud
     # CHECKPOINT= (empty) leaves the parameter out rather than sending checkpoint=.
     result, gcloud = _template_launch(tmp_path, CHECKPOINT="")
     assert result.returncode == 0, result.stderr

@@ -21,7 +21,7 @@ from pipeline.cli import main
 from transforms.decode import decode_image_bytes
 
 from .conftest import FIXTURES
-from .test_pipeline_e2e import FAST, read_table, scene
+from .helpers import FAST, read_table, scene
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import torch
 from pycocotools import mask as mask_utils
 
 from sam_core.mask_ops import (
-    area_from_rle,
     batched_box_nms,
     box_iou,
     box_xyxy_to_xywh,
@@ -23,9 +22,7 @@ from sam_core.mask_ops import (
     masks_to_rle,
     remove_small_regions,
     rle_boxes_and_areas,
-    rle_to_mask,
     uncrop_boxes_xyxy,
-    uncrop_masks,
     uncrop_points,
 )
 
@@ -259,26 +256,6 @@ def test_uncrop_boxes_and_points_keep_dtype():
     assert points.dtype == torch.float32
 
 
-def test_uncrop_masks_places_crop():
-    rng = np.random.default_rng(3)
-    crop = [3, 2, 8, 6]  # w=5, h=4 inside a 9x10 (h x w) image
-    small = random_masks(rng, 3, 4, 5, p=0.5)
-    expected = np.zeros((3, 9, 10), dtype=bool)
-    expected[:, 2:6, 3:8] = small
-    out = uncrop_masks(torch.from_numpy(small), crop, 9, 10)
-    assert out.dtype == torch.bool
-    np.testing.assert_array_equal(out.numpy(), expected)
-
-
-def test_uncrop_masks_full_image_is_noop_and_bad_crops_raise():
-    masks = torch.ones((2, 4, 5), dtype=torch.bool)
-    assert uncrop_masks(masks, [0, 0, 5, 4], 4, 5) is masks
-    with pytest.raises(ValueError):
-        uncrop_masks(masks, [0, 0, 5, 5], 4, 5)  # crop size differs from the masks
-    with pytest.raises(ValueError):
-        uncrop_masks(masks, [2, 0, 7, 4], 4, 5)  # crop runs past the image
-
-
 def naive_near_crop_edge(boxes, crop_box, orig_box, atol):
     out = []
     x0, y0 = crop_box[:2]
@@ -482,17 +459,10 @@ def test_masks_to_rle_matches_naive_and_pycocotools():
             assert all(type(c) is int for c in rle["counts"])
             decoded = mask_utils.decode(mask_utils.frPyObjects(rle, h, w))
             np.testing.assert_array_equal(decoded.astype(bool), mask)
-            np.testing.assert_array_equal(rle_to_mask(rle), mask)
-            assert area_from_rle(rle) == mask.sum()
 
 
 def test_masks_to_rle_empty_batch():
     assert masks_to_rle(torch.zeros((0, 3, 4), dtype=torch.bool)) == []
-
-
-def test_rle_to_mask_rejects_wrong_total():
-    with pytest.raises(ValueError):
-        rle_to_mask({"size": [2, 2], "counts": [1, 2]})
 
 
 def test_coco_encode_round_trip():
@@ -508,12 +478,6 @@ def test_coco_encode_round_trip():
                 np.testing.assert_array_equal(decoded.astype(bool), mask)
                 assert mask_utils.area({**rle, "counts": rle["counts"].encode()}) == mask.sum()
     assert coco_encode(np.zeros((0, 3, 4), dtype=bool)) == []
-
-
-def test_area_from_rle_hand_computed():
-    assert area_from_rle({"size": [3, 3], "counts": [2, 3, 1, 3]}) == 6
-    assert area_from_rle({"size": [3, 3], "counts": [9]}) == 0
-    assert area_from_rle({"size": [3, 3], "counts": [0, 9]}) == 9
 
 
 # ---------------------------------------------------------------------------------------------

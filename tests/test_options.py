@@ -41,7 +41,7 @@ def test_generator_defaults_are_the_references():
         "crop_overlap_ratio": 512 / 1500,
         "crop_n_points_downscale_factor": 1,
         "min_mask_region_area": 0,
-        "precision": "fp32",
+        "precision": "auto",
     }
     assert set(params) - {"precision"} == set(GENERATOR_PARAMS)
 

@@ -7,7 +7,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -17,26 +16,7 @@ from pipeline.cli import main
 from sam_core.mask_ops import masks_to_boxes
 
 from .conftest import FIXTURES
-
-# Permissive generator settings on the tiny random-weight model: a few masks per
-# image, quickly.
-FAST = [
-    "--points_per_side=6",
-    "--pred_iou_thresh=0",
-    "--stability_score_thresh=0",
-    "--inference_batch_size=2",
-]
-
-
-def scene(seed: int, size=(60, 80)) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.zeros((h, w, 3), np.uint8) + rng.integers(0, 60, 3, dtype=np.uint8)
-    for _ in range(3):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(5, 20)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.integers(80, 255, 3)
-    return img
+from .helpers import FAST, read_table, scene
 
 
 def write_good_images(folder: Path) -> list[str]:
@@ -92,12 +72,6 @@ def write_odd_but_valid(folder: Path) -> dict[str, str]:
     rotated.save(folder / "rotated.jpg", exif=exif)
     paths["rotated"] = str(folder / "rotated.jpg")
     return paths
-
-
-def read_table(output: Path, name: str):
-    files = sorted((output / name).glob("*.parquet"))
-    assert files, f"no {name} files under {output}"
-    return pq.read_table([str(f) for f in files]) if len(files) > 1 else pq.read_table(files[0])
 
 
 def run(args: list[str]) -> None:
@@ -221,12 +195,12 @@ def test_a_run_in_parts_writes_what_one_run_writes(mined, tmp_path, capsys):
 
 
 def test_a_run_stopped_midway_keeps_its_finished_parts(mined, tmp_path, monkeypatch, capsys):
-    import pipeline.cli
+    import pipeline.parts
 
     output = tmp_path / "stopped"
     args = [f"--input={mined['root'] / 'good'}", f"--output={output}", *FAST]
     args += [f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", "--commit_every=2"]
-    mine_once, calls = pipeline.cli.mine_once, []
+    mine_once, calls = pipeline.parts.mine_once, []
 
     def dies_in_part_two(options):
         calls.append(options.run_id)
@@ -234,13 +208,13 @@ def test_a_run_stopped_midway_keeps_its_finished_parts(mined, tmp_path, monkeypa
             raise RuntimeError("worker killed")
         return mine_once(options)
 
-    monkeypatch.setattr(pipeline.cli, "mine_once", dies_in_part_two)
+    monkeypatch.setattr(pipeline.parts, "mine_once", dies_in_part_two)
     with pytest.raises(RuntimeError, match="worker killed"):
         main(["--runner=DirectRunner", *args, "--run_id=a"])
     assert "stopped in part 2: part 1 is written" in capsys.readouterr().err
     first = read_table(output, "images").column("image_uri").to_pylist()
     assert sorted(first) == sorted(mined["good"])[:2]
-    monkeypatch.setattr(pipeline.cli, "mine_once", mine_once)
+    monkeypatch.setattr(pipeline.parts, "mine_once", mine_once)
     run([*args, "--run_id=b", "--skip_existing"])
     assert "2 image(s) already in" in capsys.readouterr().err
     images = read_table(output, "images").to_pylist()
@@ -376,7 +350,8 @@ def test_images_table_is_written_after_the_masks_and_embeddings(tmp_path):
     import apache_beam as beam
     from apache_beam.portability.api import beam_runner_api_pb2
 
-    from pipeline.graph import build_pipeline, resolve_defaults
+    from pipeline.config import resolve_defaults
+    from pipeline.graph import build_pipeline
     from pipeline.options import MaskMineOptions
 
     options = MaskMineOptions(

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from transforms.inference import MinedImage
 from transforms.postprocess import QualityThresholds, deduplicate_masks, filter_masks
+from transforms.records import MinedImage
 
 
 def record(box, iou=0.9, stability=0.97, size=(20, 30)):
@@ -96,3 +96,13 @@ def test_dedup_of_zero_or_one_mask_and_bad_mode():
     assert deduplicate_masks(image(one), 0.7).masks == one
     with pytest.raises(ValueError, match="'box' or 'mask'"):
         deduplicate_masks(image(one * 2), 0.7, by="pixels")
+
+
+def test_empty_masks_and_non_finite_scores_never_pass():
+    # At stability threshold 0 the generator keeps empty masks with a 0/0 = NaN score.
+    good = {"segmentation": {}, "area": 5, "predicted_iou": 0.5, "stability_score": 0.9}
+    empty = dict(good, area=0)
+    nan_stability = dict(good, stability_score=float("nan"))
+    inf_iou = dict(good, predicted_iou=float("inf"))
+    out = filter_masks(image([good, empty, nan_stability, inf_iou]), QualityThresholds())
+    assert out.masks == [good]

@@ -9,7 +9,7 @@ recall@0.75 0.308, mean best IoU 0.597, 127 masks per image (control, against th
 objects: 0.0, 0.0, 0.068); random weights 0.0, 0.0, 0.016, 1 mask per image. The models before
 it gave 0.731, 0.269, 0.598 (8 images per step, 950 steps), 0.615, 0.231, 0.561 (750 steps)
 and 0.538, 0.308, 0.556 (600 steps) here; on 20 scenes each has a higher recall@0.75 and
-mean best IoU than the one before (sam_core/weights/README.md). The patch-16 model before that
+mean best IoU than the one before (training/README.md). The patch-16 model before that
 gave 0.538, 0.154, 0.520 and fails the recall@0.75 bound; the first committed model (lr 2e-3,
 its encoder collapsed) gave 0.115, 0.0, 0.315 and scored the same against the control.
 """
@@ -22,18 +22,18 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from benchmarks.quality import (
+from benchmarks.quality import run_quality
+from pipeline.config import BUNDLED_CHECKPOINT
+from training.quality import (
     AREA_EDGES,
     SceneScore,
     by_area,
     random_checkpoint,
-    run_quality,
     score,
     summary,
     write_scenes,
 )
-from pipeline.graph import BUNDLED_CHECKPOINT
-from sam_core.scenes import EVAL_SEED_START
+from training.scenes import EVAL_SEED_START
 
 SCENES = 3
 # The committed model's predicted IoUs stay below the reference threshold 0.88 and its

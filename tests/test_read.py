@@ -10,11 +10,10 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from PIL import Image
 
-from transforms.read import (
-    ImageURIs,
+from transforms.read import ImageURIs
+from transforms.records import Failure
+from transforms.uris import (
     ManifestError,
-    MatchImageURIs,
-    ReadManifest,
     is_manifest,
     list_image_uris,
     match_pattern,
@@ -22,7 +21,6 @@ from transforms.read import (
     read_manifest,
     resolve_entry,
 )
-from transforms.records import Failure
 
 IMAGE_NAMES = ["a.jpg", "b.png", "c.JPEG", "sub/d.webp", "sub/deeper/e.tif"]
 
@@ -193,7 +191,7 @@ def test_bad_manifests_raise_with_the_reason(tmp_path, name, content, message):
 
 def test_constructors_refuse_a_bare_string_or_nothing():
     with pytest.raises(TypeError, match="not a str"):
-        MatchImageURIs("data/*.jpg")
+        ImageURIs("data/*.jpg")
     with pytest.raises(ValueError, match="must not be empty"):
         ImageURIs([])
     with pytest.raises(ValueError, match="must be non-empty strings"):
@@ -209,7 +207,7 @@ def test_match_image_uris_pipeline(tree, tmp_path, monkeypatch):
         tmp_path,
         lambda p: (
             p
-            | MatchImageURIs(
+            | ImageURIs(
                 ["imgs", "imgs/*.jpg", "nope/*.png", "nosuch://bucket/*.jpg"],
                 extensions=(".jpg", ".png", ".tif"),
             )
@@ -278,7 +276,7 @@ def test_listing_on_the_launcher_finds_what_the_pipeline_finds(tree, tmp_path):
 
 def test_read_manifest_pipeline_reports_a_bad_manifest(tree, tmp_path):
     (tmp_path / "m.csv").write_text("name\na.jpg\n")
-    uris, errors = run(tmp_path, lambda p: p | ReadManifest(str(tmp_path / "m.csv"), column="uri"))
+    uris, errors = run(tmp_path, lambda p: p | ImageURIs([str(tmp_path / "m.csv")], column="uri"))
     assert uris == []
     assert errors == [
         Failure(
@@ -291,7 +289,7 @@ def test_read_manifest_pipeline_reports_a_bad_manifest(tree, tmp_path):
 
 def test_outputs_index_by_name(tree, tmp_path):
     def build(p):
-        out = p | ReadManifest(f"manifest:{tree / 'list.txt'}")
+        out = p | ImageURIs([f"manifest:{tree / 'list.txt'}"])
         assert out["uris"] is out.uris and out["errors"] is out[1]
         with pytest.raises(KeyError, match="outputs are"):
             out["images"]

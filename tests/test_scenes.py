@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sam_core.scenes import EVAL_SEED_START, generate_scene, make_scene
+from training.scenes import EVAL_SEED_START, generate_scene, make_scene
 
 SEEDS = range(12)
 

@@ -23,28 +23,18 @@ from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.transforms.window import TimestampedValue
 from PIL import Image
 
-from pipeline.graph import (
-    ConfigError,
-    build_pipeline,
-    mine_stream,
-    new_pipeline,
-    resolve_defaults,
-    run_until_done,
-)
+from pipeline.config import ConfigError, resolve_defaults
+from pipeline.graph import build_pipeline, mine_stream
 from pipeline.options import MaskMineOptions
-from schemas import tables
+from pipeline.run import new_pipeline, run_until_done
+from transforms.pubsub import MessageError, ParsePubSubMessages, parse_message
 from transforms.records import Failure
 from transforms.sinks import WriteWindowedTable
-from transforms.streaming import (
-    MessageError,
-    ParsePubSubMessages,
-    output_windowing,
-    parse_message,
-    watch_pattern,
-)
+from transforms.uris import watch_pattern
+from transforms.windowing import output_windowing
 
 from .conftest import FIXTURES
-from .test_pipeline_e2e import FAST, scene
+from .helpers import FAST, scene
 
 # --- Pub/Sub messages ---------------------------------------------------------------------
 
@@ -180,7 +170,7 @@ def test_each_window_and_each_late_firing_gets_its_own_files(tmp_path):
             p
             | stream
             | output_windowing(window_s=10, allowed_lateness_s=60)
-            | WriteWindowedTable(str(tmp_path), "errors", tables.ERRORS_SCHEMA, "w")
+            | WriteWindowedTable(str(tmp_path), "errors", "w")
         )
 
     run_streaming(build)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from sam_core import SamConfig, build_sam, config_from_state_dict, save_state_dict
-from sam_core.evaluate import best_ious, evaluate_points, held_out_scenes, innermost_point
 from sam_core.preprocess import normalize_and_pad
 from sam_core.sam import Sam
-from sam_core.train import (
+from training.evaluate import best_ious, evaluate_points, held_out_scenes, innermost_point
+from training.train import (
     TrainConfig,
     corrective_points,
     dice_loss,
@@ -227,7 +227,7 @@ def test_evaluation_helpers():
 def test_committed_checkpoint_beats_random_weights():
     # Single-point prompts at each object's innermost pixel, held-out scenes. With
     # the default AMG thresholds (predicted IoU > 0.88, stability >= 0.95) neither
-    # model yields any mask yet (sam_core/weights/README.md), so AMG cannot rank them.
+    # model yields any mask yet (training/README.md), so AMG cannot rank them.
     trained = build_sam(checkpoint=WEIGHTS)
     torch.manual_seed(0)
     random = build_sam(trained.config)

@@ -29,12 +29,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection, TaggedOutput
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .read import ERRORS, read_error_reason
-from .records import DecodedImage, Failure, outputs_getitem
+from .metrics import counter
+from .records import ERRORS, DecodedImage, Failure, outputs_getitem
+from .uris import read_error_reason
 
 IMAGES = "images"
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -170,9 +170,9 @@ class _DecodeFn(beam.DoFn):
     def __init__(self, max_pixels: int, max_bytes: int):
         self._max_pixels = max_pixels
         self._max_bytes = max_bytes
-        self._decoded = Metrics.counter("maskmine", "images_decoded")
-        self._decode_failed = Metrics.counter("maskmine", "decode_failed")
-        self._read_failed = Metrics.counter("maskmine", "read_failed")
+        self._decoded = counter("images_decoded")
+        self._decode_failed = counter("decode_failed")
+        self._read_failed = counter("read_failed")
 
     def setup(self) -> None:
         # Pillow's process-wide guard raises above 2x MAX_IMAGE_PIXELS during open. Raise it

@@ -19,42 +19,17 @@ import apache_beam as beam
 import numpy as np
 import torch
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from sam_core import build_sam
+from sam_core import AutomaticMaskGenerator, build_sam
+from sam_core.allocator import keep_freed_memory
 from sam_core.build import check_local_checkpoint
-from sam_core.generator import AutomaticMaskGenerator, check_params
+from sam_core.generator import check_params
 
-from .records import DecodedImage, Failure
+from .metrics import NAMESPACE, counter, distribution
+from .records import DecodedImage, Failure, MinedImage
 
 _LOG = logging.getLogger(__name__)
-NAMESPACE = "maskmine"
-
-
-@dataclasses.dataclass
-class MinedImage:
-    """Masks of one image, as the generator's records (coco_rle segmentation).
-
-    masks_generated counts the generator's output before the pipeline's own
-    filters; `masks` shrinks as they run. model_type and checkpoint_sha256 say
-    which weights produced them.
-    """
-
-    uri: str
-    sha256: str
-    width: int
-    height: int
-    masks: list[dict]
-    masks_generated: int
-    decode_seconds: float
-    inference_seconds: float
-    model_type: str
-    checkpoint_sha256: str
-    # Whole-image embedding (C, h, w) float16 and the resized (h, w) inside the
-    # encoder input, when the run keeps embeddings.
-    embedding: np.ndarray | None = None
-    input_size: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +38,7 @@ class ModelSpec:
 
     checkpoint: str | None
     model_type: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"  # see sam_core.precision
     device: str = "auto"  # "auto": CUDA when present, else CPU
 
 
@@ -71,12 +46,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def check_generator_params(params: dict[str, Any]) -> None:
-    """ValueError, naming the parameter, for generator parameters (the reference's
-    names) that the generator would reject when the workers load the model."""
-    check_params(**params)
 
 
 def check_model_spec(spec: ModelSpec) -> None:
@@ -105,9 +74,15 @@ class LoadedSam:
         self._model_type = model_type
         self._checkpoint_sha256 = sha256
 
-    def provenance(self) -> tuple[str, str]:
-        """(model_type, checkpoint_sha256); the sha is "" for random weights."""
-        return self._model_type, self._checkpoint_sha256
+    def provenance(self) -> tuple[str, str, dict[str, str]]:
+        """(model_type, checkpoint_sha256, runtime); the sha is "" for random weights;
+        runtime: the precision actually used, the device and the torch version."""
+        runtime = {
+            "precision": self._generator.precision,
+            "device": str(self._generator.predictor.device),
+            "torch_version": torch.__version__,
+        }
+        return self._model_type, self._checkpoint_sha256, runtime
 
     def mine(
         self, images: list[np.ndarray], keep_embeddings: bool = False
@@ -143,7 +118,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        check_generator_params(generator_params)
+        check_params(**generator_params)
         # min = max: full encoder batches of a fixed shape. With a lower minimum,
         # Beam's adaptive BatchElements sized batches from timings with 25% random
         # jitter: 200 images came as 106 batches of 1-3, never 4.
@@ -153,15 +128,19 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
             large_model=share_across_processes,
         )
         self.spec = spec
+        self.max_batch_size = max_batch_size
         self.generator_params = dict(generator_params)
         self.keep_embeddings = keep_embeddings
-        self._failed = Metrics.counter(NAMESPACE, "inference_failed")
-        self._mined = Metrics.counter(NAMESPACE, "images_mined")
-        self._masks = Metrics.counter(NAMESPACE, "masks_generated")
-        self._latency = Metrics.distribution(NAMESPACE, "inference_ms_per_image")
+        self._failed = counter("inference_failed")
+        self._mined = counter("images_mined")
+        self._masks = counter("masks_generated")
+        self._latency = distribution("inference_ms_per_image")
 
     def load_model(self) -> LoadedSam:
         device = resolve_device(self.spec.device)
+        # A worker process does nothing but this: let glibc keep freed blocks for reuse
+        # (see sam_core.allocator); a library user decides that for their own process.
+        keep_freed_memory()
         t0 = time.perf_counter()
         model = build_sam(
             self.spec.model_type, self.spec.checkpoint, device=device, opener=FileSystems.open
@@ -170,7 +149,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
             model,
             output_mode="coco_rle",
             precision=self.spec.precision,
-            encoder_batch_size=self._batching_kwargs.get("max_batch_size", 4),
+            encoder_batch_size=self.max_batch_size,
             **self.generator_params,
         )
         _LOG.info(
@@ -189,7 +168,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[MinedImage | Failure]:
         # `model` may be a proxy to a LoadedSam in another process: methods only.
-        model_type, checkpoint_sha256 = model.provenance()
+        model_type, checkpoint_sha256, runtime = model.provenance()
         t0 = time.perf_counter()
         try:
             per_image, embeddings = model.mine([im.pixels for im in batch], self.keep_embeddings)
@@ -232,6 +211,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
                     checkpoint_sha256=checkpoint_sha256,
                     embedding=None if emb is None else emb[0],
                     input_size=None if emb is None else emb[1],
+                    runtime=runtime,
                 )
             )
         return results

@@ -8,23 +8,24 @@ function on a `MinedImage`, wrapped as a PTransform.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import apache_beam as beam
 import numpy as np
 import torch
-from apache_beam.metrics import Metrics
 from pycocotools import mask as mask_utils
 
 from sam_core.mask_ops import batched_box_nms
 
-from .inference import NAMESPACE, MinedImage
+from .metrics import counter as metrics_counter
+from .records import MinedImage
 
 
 @dataclasses.dataclass(frozen=True)
 class QualityThresholds:
-    """Keep masks with predicted_iou >= min_predicted_iou, stability_score >=
-    min_stability_score and min_area_fraction <= area / image area <=
-    max_area_fraction (SA-1B drops masks covering >= 95% of the image). A score
+    """Keep non-empty masks with finite scores whose predicted_iou >= min_predicted_iou,
+    stability_score >= min_stability_score and min_area_fraction <= area / image area
+    <= max_area_fraction (SA-1B drops masks covering >= 95% of the image). A score
     threshold of None checks nothing: the generator's own thresholds stand."""
 
     min_predicted_iou: float | None = None
@@ -40,14 +41,26 @@ class QualityThresholds:
             )
 
 
+def is_valid_mask(mask: dict) -> bool:
+    """Whether a generator record can be a row: some pixels and finite scores.
+
+    At a stability threshold of 0 the generator (like the reference) keeps empty masks,
+    whose stability score is 0/0 = NaN; no table row may hold a NaN or an empty mask.
+    """
+    scores = (mask["predicted_iou"], mask["stability_score"])
+    return mask["area"] > 0 and all(math.isfinite(v) for v in scores)
+
+
 def filter_masks(image: MinedImage, thresholds: QualityThresholds) -> MinedImage:
+    """`image` with only its valid masks (`is_valid_mask`) that pass `thresholds`."""
     pixels = image.width * image.height
     low, high = thresholds.min_area_fraction * pixels, thresholds.max_area_fraction * pixels
     min_iou, min_stability = thresholds.min_predicted_iou, thresholds.min_stability_score
     kept = [
         m
         for m in image.masks
-        if (min_iou is None or m["predicted_iou"] >= min_iou)
+        if is_valid_mask(m)
+        and (min_iou is None or m["predicted_iou"] >= min_iou)
         and (min_stability is None or m["stability_score"] >= min_stability)
         and low <= m["area"] <= high
     ]
@@ -58,7 +71,7 @@ def deduplicate_masks(image: MinedImage, iou_threshold: float, by: str = "box") 
     """Greedy NMS by predicted IoU: drop a mask whose box IoU (or mask IoU, with
     by="mask") with a better-scored kept mask exceeds iou_threshold."""
     masks = image.masks
-    if len(masks) < 2:
+    if len(masks) < 2 or iou_threshold >= 1.0:  # an IoU never exceeds 1: nothing to drop
         return image
     scores = torch.tensor([m["predicted_iou"] for m in masks], dtype=torch.float32)
     if by == "box":
@@ -83,7 +96,7 @@ def deduplicate_masks(image: MinedImage, iou_threshold: float, by: str = "box") 
 class _Counted(beam.DoFn):
     def __init__(self, fn, counter: str, **kwargs) -> None:
         self.fn, self.kwargs = fn, kwargs
-        self.dropped = Metrics.counter(NAMESPACE, counter)
+        self.dropped = metrics_counter(counter)
 
     def process(self, image: MinedImage):
         out = self.fn(image, **self.kwargs)

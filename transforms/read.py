@@ -1,43 +1,32 @@
-"""Image URIs from glob patterns, directories and manifests, mined once each.
+"""Image URIs from glob patterns, folders and manifests, as a Beam transform.
 
-Everything goes through Beam's `FileSystems`, so local paths and ``gs://`` work alike.
-Each transform returns `ReadOutputs(uris, errors)`: deduplicated URIs (str) and `Failure`s
-(stage "read") for inputs that yield nothing, so a typo never passes silently.
-
-URIs are normalised before deduplication: a ``file://`` prefix is stripped and local paths
-are made absolute and normalised (``os.path.abspath``). Remote URIs are kept as written:
-object names are opaque strings (``gs://b/a//x`` and ``gs://b/a/x`` are different objects).
-Relative local paths in patterns are resolved when the transform is built, i.e. against the
-launching process's working directory.
+`ImageURIs` returns `ReadOutputs(uris, errors)`: deduplicated URIs (str) and `Failure`s
+(stage "read") for inputs that yield nothing, so a typo never passes silently. The rules
+(what a pattern, folder or manifest names) are those of `transforms.uris`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import posixpath
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import PBegin, PCollection, TaggedOutput
 
-from .records import Failure, outputs_getitem
+from .records import ERRORS, Failure, outputs_getitem
+from .uris import (
+    IMAGE_EXTENSIONS,
+    MANIFEST_PREFIX,
+    ManifestError,
+    as_list,
+    is_manifest,
+    match_pattern,
+    normalize_uri,
+    read_error_reason,
+    read_manifest,
+)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
-MANIFEST_PREFIX = "manifest:"
 URIS = "uris"
-ERRORS = "errors"
-
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_GLOB_CHARS = frozenset("*?[")
 
 
 class ReadOutputs(NamedTuple):
@@ -47,78 +36,6 @@ class ReadOutputs(NamedTuple):
     errors: PCollection
 
     __getitem__ = outputs_getitem
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be read, with the reason in the message."""
-
-
-def normalize_uri(uri: str) -> str:
-    """Canonical spelling of a URI or pattern (see the module docstring).
-
-    Transforms apply it to their inputs when built, so relative paths resolve on the launching
-    machine rather than on a worker.
-    """
-    uri = uri.strip()
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    if _SCHEME.match(uri):
-        return uri
-    return os.path.abspath(uri)
-
-
-def is_manifest(spec: str) -> bool:
-    """Whether an ImageURIs input names a manifest (``manifest:PATH`` or .txt/.csv/.parquet)."""
-    return spec.startswith(MANIFEST_PREFIX) or spec.lower().endswith(MANIFEST_EXTENSIONS)
-
-
-def _is_remote(path: str) -> bool:
-    return bool(_SCHEME.match(path))
-
-
-def _has_glob(pattern: str) -> bool:
-    return any(c in _GLOB_CHARS for c in pattern)
-
-
-def _match(pattern: str) -> list[str]:
-    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-
-
-def _recursive(directory: str) -> str:
-    # FileSystems' "**" crosses "/" ("*" does not): everything under the directory.
-    return directory.rstrip("/") + "/**"
-
-
-def match_pattern(pattern: str, extensions: Sequence[str]) -> tuple[list[str], str | None]:
-    """Image paths that `pattern` names, and the reason when it names none.
-
-    A glob keeps the matches ending in one of `extensions` (case-insensitive). A directory
-    (local, or a remote prefix ending in "/" or with no object of that exact name) means
-    every image under it, recursively. An existing file named exactly is kept whatever its
-    extension: it was asked for by name (decoding rejects it if it is not an image).
-    """
-    if not _has_glob(pattern):
-        is_dir = pattern.endswith("/") or (not _is_remote(pattern) and os.path.isdir(pattern))
-        if not is_dir:
-            exact = _match(pattern)
-            if exact:
-                return exact, None
-        paths = _match(_recursive(pattern))
-        if not paths:
-            what = "no files under directory" if is_dir else "no such file or directory:"
-            return [], f"{what} {pattern}"
-    else:
-        paths = _match(pattern)
-    suffixes = tuple(e.lower() for e in extensions)
-    images = sorted(p for p in paths if p.lower().endswith(suffixes))
-    if images:
-        return images, None
-    if not paths:
-        return [], f"no files match {pattern}"
-    return [], (
-        f"no image files match {pattern}: {len(paths)} file(s) matched, "
-        f"none ending in {'/'.join(extensions)}"
-    )
 
 
 class _MatchFn(beam.DoFn):
@@ -135,134 +52,6 @@ class _MatchFn(beam.DoFn):
         yield from (normalize_uri(p) for p in paths)
 
 
-def read_error_reason(e: BaseException) -> str:
-    """Readable reason for an exception raised opening, reading or listing a file."""
-    # BeamIOError wraps the real exception per path (a match wraps a list error that wraps
-    # the client's): describe the innermost one.
-    details = getattr(e, "exception_details", None)
-    while isinstance(details, dict) and details:
-        e = next(iter(details.values()))
-        details = getattr(e, "exception_details", None)
-    code = getattr(e, "code", None)  # google.api_core errors carry the HTTP status
-    if isinstance(e, FileNotFoundError) or code == 404:
-        return "file not found"
-    if isinstance(e, PermissionError) or code == 403:
-        return "permission denied"
-    if isinstance(e, IsADirectoryError):
-        return "is a directory"
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def location_problem(uri: str) -> str | None:
-    """Why the bucket of remote `uri` cannot be listed (missing, no access), or None.
-
-    Local paths and reachable buckets give None. Lists at most one object under the static
-    part of `uri` (before any glob), so it is cheap on a bucket of any size; meant for a
-    check at startup, so that a missing bucket fails the run at once with a clear message.
-    """
-    if not _is_remote(uri):
-        return None
-    scheme, rest = uri.split("://", 1)
-    bucket = rest.split("/", 1)[0]
-    static = re.split(r"[*?\[]", uri, maxsplit=1)[0]
-    probe = static[: static.rfind("/") + 1] if "/" in rest else f"{scheme}://{bucket}/"
-    try:
-        FileSystems.match([probe + "*"], limits=[1])
-    except Exception as e:
-        reason = read_error_reason(e)
-        if reason == "file not found":  # listing objects is 404 only without the bucket
-            return f"bucket {scheme}://{bucket} does not exist"
-        if reason == "permission denied":
-            return f"no permission to list {scheme}://{bucket}"
-        return f"cannot list {probe}: {reason}"
-    return None
-
-
-def resolve_entry(entry: str, base_dir: str) -> str:
-    """`entry` from a manifest in `base_dir`, made absolute (relative to the manifest)."""
-    entry = entry.strip()
-    if entry.startswith("file://"):
-        entry = entry[len("file://") :]
-    if _is_remote(entry) or os.path.isabs(entry):
-        return normalize_uri(entry)
-    if _is_remote(base_dir):
-        scheme, rest = base_dir.split("://", 1)
-        bucket, _, prefix = rest.partition("/")
-        # The leading "/" makes ".." stop at the bucket, as it stops at a filesystem's root.
-        return f"{scheme}://{bucket}{posixpath.normpath(posixpath.join('/', prefix, entry))}"
-    return normalize_uri(os.path.join(base_dir, entry))
-
-
-def _base_dir(path: str) -> str:
-    if _is_remote(path):
-        return path.rsplit("/", 1)[0]
-    return os.path.dirname(os.path.abspath(path))
-
-
-def read_manifest(path: str, column: str | None = None) -> list[str]:
-    """URIs listed in a manifest, resolved against its directory, in file order.
-
-    .csv: header row; `column` (default "uri" if present, else the first column).
-    .parquet: string column `column` (default "uri"). Anything else: text, one URI a line,
-    blank lines and lines starting with "#" ignored. Empty values are skipped.
-    Raises ManifestError (missing file, missing column, no URIs at all, unreadable file).
-    """
-    try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = f.read()
-    except Exception as e:
-        raise ManifestError(f"cannot read manifest {path}: {read_error_reason(e)}") from e
-    lower = path.lower()
-    if lower.endswith(".csv"):
-        entries = _csv_entries(data, path, column)
-    elif lower.endswith((".parquet", ".pq")):
-        entries = _parquet_entries(data, path, column or "uri")
-    else:
-        text = _text(data, path)
-        entries = (s for s in (line.strip() for line in text.splitlines()) if s)
-        entries = (s for s in entries if not s.startswith("#"))
-    base = _base_dir(path)
-    uris = [resolve_entry(e, base) for e in entries if e and e.strip()]
-    if not uris:
-        raise ManifestError(f"manifest {path} lists no URIs")
-    return uris
-
-
-def _text(data: bytes, path: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"manifest {path} is not UTF-8 text ({e})") from e
-
-
-def _csv_entries(data: bytes, path: str, column: str | None) -> list[str]:
-    rows = [r for r in csv.reader(io.StringIO(_text(data, path), newline="")) if r]
-    if not rows:
-        raise ManifestError(f"manifest {path} lists no URIs (empty CSV)")
-    header = [h.strip() for h in rows[0]]
-    name = column if column is not None else ("uri" if "uri" in header else header[0])
-    if name not in header:
-        raise ManifestError(f"manifest {path} has no column {name!r} (columns: {header})")
-    k = header.index(name)
-    return [r[k] for r in rows[1:] if k < len(r)]
-
-
-def _parquet_entries(data: bytes, path: str, column: str) -> list[str]:
-    try:
-        file = pq.ParquetFile(pa.BufferReader(data))
-    except (pa.ArrowException, OSError) as e:
-        raise ManifestError(f"manifest {path} is not a readable Parquet file ({e})") from e
-    schema = file.schema_arrow
-    if column not in schema.names:
-        raise ManifestError(f"manifest {path} has no column {column!r} (columns: {schema.names})")
-    type_ = schema.field(column).type
-    if not (pa.types.is_string(type_) or pa.types.is_large_string(type_)):
-        raise ManifestError(f"manifest {path}: column {column!r} is {type_}, expected string")
-    values = file.read(columns=[column]).column(column).to_pylist()
-    return [v for v in values if v is not None]
-
-
 class _ManifestFn(beam.DoFn):
     def __init__(self, column: str | None):
         self._column = column
@@ -274,87 +63,9 @@ class _ManifestFn(beam.DoFn):
             yield TaggedOutput(ERRORS, Failure(uri=path, stage="read", error=str(e)))
 
 
-def _as_list(values: Iterable[str] | str, what: str) -> list[str]:
-    # A bare string would be iterated character by character.
-    if isinstance(values, str):
-        raise TypeError(f"{what} must be a list of strings, not a str: pass [{values!r}]")
-    values = list(values)
-    if not values:
-        raise ValueError(f"{what} must not be empty")
-    if any(not isinstance(v, str) or not v.strip() for v in values):
-        # "" would resolve to the working directory and mine everything under it.
-        raise ValueError(f"{what} must be non-empty strings, got {values!r}")
-    return values
-
-
-def list_image_uris(
-    inputs: list[str], extensions: Sequence[str] = IMAGE_EXTENSIONS, column: str | None = None
-) -> tuple[list[str], list[str]]:
-    """ImageURIs on the launching machine: (sorted distinct URIs, inputs that yielded none).
-
-    The same rules as ImageURIs; an input whose listing or manifest fails is returned in
-    the second list instead of raising, for a pipeline to report as ImageURIs does.
-    """
-    found: set[str] = set()
-    failed: list[str] = []
-    for spec in _as_list(inputs, "inputs"):
-        try:
-            if is_manifest(spec):
-                uris = read_manifest(normalize_uri(spec.removeprefix(MANIFEST_PREFIX)), column)
-            else:
-                paths, reason = match_pattern(normalize_uri(spec), extensions)
-                if reason is not None:
-                    failed.append(spec)
-                    continue
-                uris = [normalize_uri(p) for p in paths]
-        except Exception:  # ManifestError, a listing error: the pipeline reports why
-            failed.append(spec)
-            continue
-        found.update(uris)
-    return sorted(found), failed
-
-
 def _dedup(uris: PCollection, errors: PCollection) -> ReadOutputs:
     # Distinct groups by URI, which also spreads the URIs of one big listing over workers.
     return ReadOutputs(uris | "Distinct" >> beam.Distinct().with_output_types(str), errors)
-
-
-class MatchImageURIs(beam.PTransform):
-    """Pipeline root -> image paths matched by glob `patterns` (and directories), deduplicated.
-
-    ``data/*.jpg`` (one level), ``gs://b/x/**`` (recursive), a directory (recursive), or one
-    file. A pattern that yields no image becomes a Failure on the errors output.
-    """
-
-    def __init__(self, patterns: list[str], extensions: Sequence[str] = IMAGE_EXTENSIONS):
-        super().__init__()
-        self._patterns = [normalize_uri(p) for p in _as_list(patterns, "patterns")]
-        self._extensions = tuple(extensions)
-
-    def expand(self, pbegin: PBegin) -> ReadOutputs:
-        out = (
-            pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> beam.ParDo(_MatchFn(self._extensions)).with_outputs(ERRORS, main=URIS)
-        )
-        return _dedup(out[URIS], out[ERRORS])
-
-
-class ReadManifest(beam.PTransform):
-    """Pipeline root -> URIs listed in the manifest at `path`, deduplicated (see read_manifest)."""
-
-    def __init__(self, path: str, column: str | None = None):
-        super().__init__()
-        self._path = normalize_uri(path.removeprefix(MANIFEST_PREFIX))
-        self._column = column
-
-    def expand(self, pbegin: PBegin) -> ReadOutputs:
-        out = (
-            pbegin
-            | "Manifest" >> beam.Create([self._path])
-            | "Read" >> beam.ParDo(_ManifestFn(self._column)).with_outputs(ERRORS, main=URIS)
-        )
-        return _dedup(out[URIS], out[ERRORS])
 
 
 class ImageURIs(beam.PTransform):
@@ -362,7 +73,7 @@ class ImageURIs(beam.PTransform):
 
     An input is a manifest if it is written ``manifest:PATH`` or ends in .txt/.csv/.parquet
     (its URIs are read with `column`, see read_manifest); anything else is a pattern (see
-    MatchImageURIs). A URI found through several inputs is emitted once.
+    transforms.uris.match_pattern). A URI found through several inputs is emitted once.
     """
 
     def __init__(
@@ -372,7 +83,7 @@ class ImageURIs(beam.PTransform):
         column: str | None = None,
     ):
         super().__init__()
-        inputs = _as_list(inputs, "inputs")
+        inputs = as_list(inputs, "inputs")
         self._manifests = [
             normalize_uri(s.removeprefix(MANIFEST_PREFIX)) for s in inputs if is_manifest(s)
         ]

@@ -1,16 +1,22 @@
-"""Plain records passed between the pipeline's transforms.
+"""The records passed between the pipeline's transforms: the one owner of each type.
 
-Module-level dataclasses of builtins and numpy arrays, so they pickle cleanly when Beam
-ships them between workers.
+URI (str) -> `DecodedImage` -> `MinedImage` (SAM's masks, then filtered) -> table rows
+(transforms/rows.py), with a `Failure` for every input that drops out and the run's
+`Provenance` stamped on each row. Module-level dataclasses of builtins and numpy arrays
+(no torch), so they pickle cleanly when Beam ships them between workers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+# Output tag of the Failures a transform emits beside its main output.
+ERRORS = "errors"
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +65,47 @@ class Failure:
             "run_id": run_id,
             "created_at": created_at,
         }
+
+
+@dataclass
+class MinedImage:
+    """Masks of one image, as the generator's records (coco_rle segmentation).
+
+    masks_generated counts the generator's output before the pipeline's own
+    filters; `masks` shrinks as they run. model_type and checkpoint_sha256 say
+    which weights produced them. Times in seconds.
+    """
+
+    uri: str
+    sha256: str
+    width: int
+    height: int
+    masks: list[dict]
+    masks_generated: int
+    decode_seconds: float
+    inference_seconds: float
+    model_type: str
+    checkpoint_sha256: str
+    # Whole-image embedding (C, h, w) float16 and the resized (h, w) inside the
+    # encoder input, when the run keeps embeddings.
+    embedding: np.ndarray | None = None
+    input_size: tuple[int, int] | None = None
+    # How the model ran: precision actually used ("fp32"/"bf16"), device, torch version.
+    runtime: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Run-level facts stamped on every row."""
+
+    run_id: str
+    generator_params: str  # canonical JSON
+    maskmine_version: str
+    created_at: dt.datetime
+
+    def stamped(self) -> Provenance:
+        """The same facts with created_at = now (rows of a long streaming job)."""
+        return dataclasses.replace(self, created_at=dt.datetime.now(dt.timezone.utc))
 
 
 def outputs_getitem(self: tuple, key: int | slice | str) -> Any:

@@ -1,120 +1,32 @@
-"""Rows of the three output tables and the Parquet sinks that write them.
+"""The Parquet sinks of the output tables (file layout: schemas/layout.py).
 
-Batch: OUTPUT/{masks,images,errors,embeddings}/part-RUNID-SSSSS-of-NNNNN.parquet (zstd):
-each run writes its own files, so a resumed run adds to the tables instead of replacing
-them. Streaming: one set of files per window and firing,
-OUTPUT/TABLE/part-RUNID-STARTZ-ENDZ-FIRING-SSSSS-of-NNNNN.parquet, written with
-`fileio.WriteToFiles` and `ParquetSink` (Beam's WriteToParquet loses rows when one bundle
-holds two windows).
+Batch: `WriteTable`, Beam's WriteToParquet, one set of part files per run (zstd), so a
+resumed run adds to the tables instead of replacing them. Streaming: `WriteWindowedTable`,
+one set of files per window and firing, written with `fileio.WriteToFiles` and
+`ParquetSink` (Beam's WriteToParquet loses rows when one bundle holds two windows).
+Both validate every row against its table's schema (`schemas.tables.to_table`'s checks).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import functools
 import uuid
 from typing import Any, BinaryIO
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
 from apache_beam.transforms.window import GlobalWindow
 
-from schemas import tables
-
-from .inference import MinedImage
-from .records import Failure
+from schemas import layout, tables
 
 
-@dataclasses.dataclass(frozen=True)
-class Provenance:
-    """Run-level facts stamped on every row."""
-
-    run_id: str
-    generator_params: str  # canonical JSON
-    maskmine_version: str
-    created_at: dt.datetime
-
-    def stamped(self) -> Provenance:
-        """The same facts with created_at = now (rows of a long streaming job)."""
-        return dataclasses.replace(self, created_at=dt.datetime.now(dt.timezone.utc))
-
-
-def mask_rows(image: MinedImage, provenance: Provenance) -> list[dict]:
-    """One masks-table row per mask of `image`."""
-    rows = []
-    for m in image.masks:
-        rle = m["segmentation"]
-        rows.append(
-            {
-                "mask_id": tables.mask_id(
-                    image.sha256, rle["counts"], m["crop_box"], m["point_coords"]
-                ),
-                "image_uri": image.uri,
-                "image_sha256": image.sha256,
-                "image_width": image.width,
-                "image_height": image.height,
-                "segmentation": {"size": list(rle["size"]), "counts": rle["counts"]},
-                "bbox": [float(v) for v in m["bbox"]],
-                "area": int(m["area"]),
-                "predicted_iou": float(m["predicted_iou"]),
-                "stability_score": float(m["stability_score"]),
-                "point_coords": [[float(x), float(y)] for x, y in m["point_coords"]],
-                "crop_box": [int(v) for v in m["crop_box"]],
-                "model_type": image.model_type,
-                "checkpoint_sha256": image.checkpoint_sha256,
-                "generator_params": provenance.generator_params,
-                "maskmine_version": provenance.maskmine_version,
-                "run_id": provenance.run_id,
-                "created_at": provenance.created_at,
-            }
-        )
-    return rows
-
-
-def image_row(image: MinedImage, provenance: Provenance) -> dict:
-    """The images-table row of a mined image (after the pipeline's filters)."""
-    return {
-        "image_uri": image.uri,
-        "image_sha256": image.sha256,
-        "image_width": image.width,
-        "image_height": image.height,
-        "masks_generated": image.masks_generated,
-        "masks_kept": len(image.masks),
-        "decode_seconds": image.decode_seconds,
-        "inference_seconds": image.inference_seconds,
-        "run_id": provenance.run_id,
-        "created_at": provenance.created_at,
-    }
-
-
-def embedding_rows(image: MinedImage, provenance: Provenance) -> list[dict]:
-    """The embeddings-table row of a mined image, if its embedding was kept."""
-    if image.embedding is None:
-        return []
-    embedding = np.ascontiguousarray(image.embedding, dtype="<f2")
-    return [
-        {
-            "image_uri": image.uri,
-            "image_sha256": image.sha256,
-            "model_type": image.model_type,
-            "checkpoint_sha256": image.checkpoint_sha256,
-            "input_size": [int(v) for v in image.input_size],
-            "shape": [int(v) for v in embedding.shape],
-            "embedding": embedding.tobytes(),
-            "run_id": provenance.run_id,
-            "created_at": provenance.created_at,
-        }
-    ]
-
-
-def error_row(failure: Failure, provenance: Provenance) -> dict:
-    return failure.to_row(provenance.run_id, provenance.created_at)
+def checked_row(row: dict, schema: pa.Schema) -> dict:
+    """`row` unchanged if it fits `schema`; ValueError naming the field otherwise."""
+    tables.check_row(row, schema)
+    return row
 
 
 # Arrow bytes a Parquet writer buffers before it writes a row group. Beam's default,
@@ -124,25 +36,27 @@ def error_row(failure: Failure, provenance: Provenance) -> dict:
 ROW_GROUP_BYTES = 1 << 20
 
 
-def table_prefix(output: str, table: str, run_id: str) -> str:
-    return FileSystems.join(output, table, f"part-{run_id}")
-
-
 class WriteTable(beam.PTransform):
     """Rows (dicts) -> Parquet files of one table under `output`."""
 
-    def __init__(self, output: str, table: str, schema: pa.Schema, run_id: str) -> None:
+    def __init__(self, output: str, table: str, run_id: str) -> None:
         super().__init__()
-        self.output, self.table, self.schema, self.run_id = output, table, schema, run_id
+        self.output, self.table, self.run_id = output, table, run_id
+        self.schema = tables.SCHEMAS[table]
 
     def expand(self, rows):
-        return rows | beam.io.WriteToParquet(
-            table_prefix(self.output, self.table, self.run_id),
-            schema=self.schema,
-            codec="zstd",
-            file_name_suffix=".parquet",
-            record_batch_size=1000,
-            row_group_buffer_size=ROW_GROUP_BYTES,
+        return (
+            rows
+            | "Validate" >> beam.Map(checked_row, self.schema)
+            | "Write"
+            >> beam.io.WriteToParquet(
+                layout.part_prefix(self.output, self.table, self.run_id),
+                schema=self.schema,
+                codec="zstd",
+                file_name_suffix=".parquet",
+                record_batch_size=1000,
+                row_group_buffer_size=ROW_GROUP_BYTES,
+            )
         )
 
 
@@ -215,18 +129,17 @@ class WriteWindowedTable(beam.PTransform):
     go to OUTPUT/TABLE/.temp-RUNID/ (readers skip names starting with ".").
     """
 
-    def __init__(self, output: str, table: str, schema: pa.Schema, run_id: str) -> None:
+    def __init__(self, output: str, table: str, run_id: str) -> None:
         super().__init__()
-        self.output, self.table, self.schema, self.run_id = output, table, schema, run_id
+        self.output, self.table, self.run_id = output, table, run_id
+        self.schema = tables.SCHEMAS[table]
 
     def expand(self, rows):
-        directory = FileSystems.join(self.output, self.table)
+        directory = layout.table_dir(self.output, self.table)
         return rows | fileio.WriteToFiles(
             path=directory,
             file_naming=WindowedFileNaming(self.run_id),
-            temp_directory=StaticValueProvider(
-                str, FileSystems.join(directory, f".temp-{self.run_id}")
-            ),
+            temp_directory=StaticValueProvider(str, layout.join(directory, f".temp-{self.run_id}")),
             sink=functools.partial(_parquet_sink, self.schema),
             shards=1,
         )

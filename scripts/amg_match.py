@@ -1,7 +1,6 @@
-"""Compare automatic-mask-generator records of ours and the reference.
+"""Compare two lists of automatic-mask-generator records (ours and the reference's).
 
-`match_records` needs only pycocotools/scipy, so tests use it on committed golden
-records. `reference_records` imports the reference package (see README).
+Needs only pycocotools and scipy, so tests use it on committed golden records.
 """
 
 from __future__ import annotations
@@ -87,25 +86,3 @@ def match_records(
         float(iou_err.max()),
         float(stab_err.max()),
     )
-
-
-def reference_generator(checkpoint: str, **params):
-    """The reference SamAutomaticMaskGenerator (coco_rle output) on `checkpoint`."""
-    import torch
-    from segment_anything import SamAutomaticMaskGenerator
-
-    from sam_core import build_sam
-    from scripts.reference_parity import build_reference
-
-    config = build_sam(checkpoint=checkpoint).config
-    model = build_reference(config)
-    model.load_state_dict(torch.load(checkpoint, weights_only=True))
-    return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
-
-
-def reference_records(checkpoint: str, image: np.ndarray, **params) -> list[dict]:
-    """Run the reference generator on one image."""
-    import torch
-
-    with torch.no_grad():
-        return reference_generator(checkpoint, **params).generate(image)

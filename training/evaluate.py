@@ -8,7 +8,7 @@ Two measures:
   the highest predicted IoU (top-1) and of the best of the three (oracle).
 
 Usage:
-    python -m sam_core.evaluate --checkpoint sam_core/weights/sam_synthetic.pth --scenes 20
+    python -m training.evaluate --checkpoint sam_core/weights/sam_synthetic.pth --scenes 20
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .build import build_sam
-from .generator import AutomaticMaskGenerator
-from .predictor import SamPredictor
-from .sam import Sam
+from sam_core.build import build_sam
+from sam_core.generator import AutomaticMaskGenerator
+from sam_core.predictor import SamPredictor
+from sam_core.sam import Sam
+
 from .scenes import EVAL_SEED_START, Scene, generate_scene
 
 

@@ -1,4 +1,4 @@
-"""Train a small SAM on synthetic scenes (sam_core.scenes) on the CPU.
+"""Train a small SAM on synthetic scenes (training.scenes) on the CPU.
 
 The SAM recipe, scaled down: prompts are single foreground points (ambiguous:
 three masks, the loss flows through the best one), a few points, or noisy boxes
@@ -10,7 +10,7 @@ thresholded mask. AdamW, linear warm-up then cosine decay over the wall-clock
 budget, gradient clipping, bf16 autocast with float32 master weights.
 
 Usage:
-    python -m sam_core.train --out sam_core/weights/sam_synthetic.pth --minutes 25 --seed 0
+    python -m training.train --out sam_core/weights/sam_synthetic.pth --minutes 25 --seed 0
 
 Scenes are drawn with seeds in [0, scenes.EVAL_SEED_START); evaluation uses seeds
 from EVAL_SEED_START on.
@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .allocator import keep_freed_memory
-from .build import save_state_dict
-from .config import SamConfig
-from .preprocess import normalize_and_pad
-from .sam import Sam
+from sam_core.allocator import keep_freed_memory
+from sam_core.build import save_state_dict
+from sam_core.config import SamConfig
+from sam_core.preprocess import normalize_and_pad
+from sam_core.sam import Sam
+from sam_core.transformer import Attention as TwoWayAttention
+
 from .scenes import EVAL_SEED_START, generate_scene
-from .transformer import Attention as TwoWayAttention
 
 # The trained checkpoint's config. decoder_num_heads stays 8: build_sam infers the
 # config from tensor shapes and cannot see head counts.

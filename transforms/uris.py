@@ -1,0 +1,284 @@
+"""Plain URI code: normalising, listing patterns and folders, reading manifests.
+
+No transforms here (those are in read.py and watch.py): the launcher (--commit_every),
+startup checks and the exporters use the same rules as the pipeline's ImageURIs.
+Everything goes through Beam's `FileSystems`, so local paths and ``gs://`` work alike.
+
+URIs are normalised before deduplication: a ``file://`` prefix is stripped and local paths
+are made absolute and normalised (``os.path.abspath``). Remote URIs are kept as written:
+object names are opaque strings (``gs://b/a//x`` and ``gs://b/a/x`` are different objects).
+Relative local paths are resolved against the launching process's working directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
+MANIFEST_PREFIX = "manifest:"
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_GLOB_CHARS = frozenset("*?[")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read, with the reason in the message."""
+
+
+def normalize_uri(uri: str) -> str:
+    """Canonical spelling of a URI or pattern (see the module docstring).
+
+    Transforms apply it to their inputs when built, so relative paths resolve on the launching
+    machine rather than on a worker.
+    """
+    uri = uri.strip()
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if _SCHEME.match(uri):
+        return uri
+    return os.path.abspath(uri)
+
+
+def is_manifest(spec: str) -> bool:
+    """Whether an ImageURIs input names a manifest (``manifest:PATH`` or .txt/.csv/.parquet)."""
+    return spec.startswith(MANIFEST_PREFIX) or spec.lower().endswith(MANIFEST_EXTENSIONS)
+
+
+def is_remote(path: str) -> bool:
+    return bool(_SCHEME.match(path))
+
+
+def has_glob(pattern: str) -> bool:
+    return any(c in _GLOB_CHARS for c in pattern)
+
+
+def _match(pattern: str) -> list[str]:
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def _recursive(directory: str) -> str:
+    # FileSystems' "**" crosses "/" ("*" does not): everything under the directory.
+    return directory.rstrip("/") + "/**"
+
+
+def match_pattern(pattern: str, extensions: Sequence[str]) -> tuple[list[str], str | None]:
+    """Image paths that `pattern` names, and the reason when it names none.
+
+    A glob keeps the matches ending in one of `extensions` (case-insensitive). A directory
+    (local, or a remote prefix ending in "/" or with no object of that exact name) means
+    every image under it, recursively. An existing file named exactly is kept whatever its
+    extension: it was asked for by name (decoding rejects it if it is not an image).
+    """
+    if not has_glob(pattern):
+        is_dir = pattern.endswith("/") or (not is_remote(pattern) and os.path.isdir(pattern))
+        if not is_dir:
+            exact = _match(pattern)
+            if exact:
+                return exact, None
+        paths = _match(_recursive(pattern))
+        if not paths:
+            what = "no files under directory" if is_dir else "no such file or directory:"
+            return [], f"{what} {pattern}"
+    else:
+        paths = _match(pattern)
+    suffixes = tuple(e.lower() for e in extensions)
+    images = sorted(p for p in paths if p.lower().endswith(suffixes))
+    if images:
+        return images, None
+    if not paths:
+        return [], f"no files match {pattern}"
+    return [], (
+        f"no image files match {pattern}: {len(paths)} file(s) matched, "
+        f"none ending in {'/'.join(extensions)}"
+    )
+
+
+def read_error_reason(e: BaseException) -> str:
+    """Readable reason for an exception raised opening, reading or listing a file."""
+    # BeamIOError wraps the real exception per path (a match wraps a list error that wraps
+    # the client's): describe the innermost one.
+    details = getattr(e, "exception_details", None)
+    while isinstance(details, dict) and details:
+        e = next(iter(details.values()))
+        details = getattr(e, "exception_details", None)
+    code = getattr(e, "code", None)  # google.api_core errors carry the HTTP status
+    if isinstance(e, FileNotFoundError) or code == 404:
+        return "file not found"
+    if isinstance(e, PermissionError) or code == 403:
+        return "permission denied"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def location_problem(uri: str) -> str | None:
+    """Why the bucket of remote `uri` cannot be listed (missing, no access), or None.
+
+    Local paths and reachable buckets give None. Lists at most one object under the static
+    part of `uri` (before any glob), so it is cheap on a bucket of any size; meant for a
+    check at startup, so that a missing bucket fails the run at once with a clear message.
+    """
+    if not is_remote(uri):
+        return None
+    scheme, rest = uri.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    static = re.split(r"[*?\[]", uri, maxsplit=1)[0]
+    probe = static[: static.rfind("/") + 1] if "/" in rest else f"{scheme}://{bucket}/"
+    try:
+        FileSystems.match([probe + "*"], limits=[1])
+    except Exception as e:
+        reason = read_error_reason(e)
+        if reason == "file not found":  # listing objects is 404 only without the bucket
+            return f"bucket {scheme}://{bucket} does not exist"
+        if reason == "permission denied":
+            return f"no permission to list {scheme}://{bucket}"
+        return f"cannot list {probe}: {reason}"
+    return None
+
+
+def resolve_entry(entry: str, base_dir: str) -> str:
+    """`entry` from a manifest in `base_dir`, made absolute (relative to the manifest)."""
+    entry = entry.strip()
+    if entry.startswith("file://"):
+        entry = entry[len("file://") :]
+    if is_remote(entry) or os.path.isabs(entry):
+        return normalize_uri(entry)
+    if is_remote(base_dir):
+        scheme, rest = base_dir.split("://", 1)
+        bucket, _, prefix = rest.partition("/")
+        # The leading "/" makes ".." stop at the bucket, as it stops at a filesystem's root.
+        return f"{scheme}://{bucket}{posixpath.normpath(posixpath.join('/', prefix, entry))}"
+    return normalize_uri(os.path.join(base_dir, entry))
+
+
+def _base_dir(path: str) -> str:
+    if is_remote(path):
+        return path.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(path))
+
+
+def read_manifest(path: str, column: str | None = None) -> list[str]:
+    """URIs listed in a manifest, resolved against its directory, in file order.
+
+    .csv: header row; `column` (default "uri" if present, else the first column).
+    .parquet: string column `column` (default "uri"). Anything else: text, one URI a line,
+    blank lines and lines starting with "#" ignored. Empty values are skipped.
+    Raises ManifestError (missing file, missing column, no URIs at all, unreadable file).
+    """
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
+    except Exception as e:
+        raise ManifestError(f"cannot read manifest {path}: {read_error_reason(e)}") from e
+    lower = path.lower()
+    if lower.endswith(".csv"):
+        entries = _csv_entries(data, path, column)
+    elif lower.endswith((".parquet", ".pq")):
+        entries = _parquet_entries(data, path, column or "uri")
+    else:
+        text = _text(data, path)
+        entries = (s for s in (line.strip() for line in text.splitlines()) if s)
+        entries = (s for s in entries if not s.startswith("#"))
+    base = _base_dir(path)
+    uris = [resolve_entry(e, base) for e in entries if e and e.strip()]
+    if not uris:
+        raise ManifestError(f"manifest {path} lists no URIs")
+    return uris
+
+
+def _text(data: bytes, path: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"manifest {path} is not UTF-8 text ({e})") from e
+
+
+def _csv_entries(data: bytes, path: str, column: str | None) -> list[str]:
+    rows = [r for r in csv.reader(io.StringIO(_text(data, path), newline="")) if r]
+    if not rows:
+        raise ManifestError(f"manifest {path} lists no URIs (empty CSV)")
+    header = [h.strip() for h in rows[0]]
+    name = column if column is not None else ("uri" if "uri" in header else header[0])
+    if name not in header:
+        raise ManifestError(f"manifest {path} has no column {name!r} (columns: {header})")
+    k = header.index(name)
+    return [r[k] for r in rows[1:] if k < len(r)]
+
+
+def _parquet_entries(data: bytes, path: str, column: str) -> list[str]:
+    try:
+        file = pq.ParquetFile(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as e:
+        raise ManifestError(f"manifest {path} is not a readable Parquet file ({e})") from e
+    schema = file.schema_arrow
+    if column not in schema.names:
+        raise ManifestError(f"manifest {path} has no column {column!r} (columns: {schema.names})")
+    type_ = schema.field(column).type
+    if not (pa.types.is_string(type_) or pa.types.is_large_string(type_)):
+        raise ManifestError(f"manifest {path}: column {column!r} is {type_}, expected string")
+    values = file.read(columns=[column]).column(column).to_pylist()
+    return [v for v in values if v is not None]
+
+
+def as_list(values: Iterable[str] | str, what: str) -> list[str]:
+    # A bare string would be iterated character by character.
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be a list of strings, not a str: pass [{values!r}]")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{what} must not be empty")
+    if any(not isinstance(v, str) or not v.strip() for v in values):
+        # "" would resolve to the working directory and mine everything under it.
+        raise ValueError(f"{what} must be non-empty strings, got {values!r}")
+    return values
+
+
+def list_image_uris(
+    inputs: list[str], extensions: Sequence[str] = IMAGE_EXTENSIONS, column: str | None = None
+) -> tuple[list[str], list[str]]:
+    """ImageURIs on the launching machine: (sorted distinct URIs, inputs that yielded none).
+
+    The same rules as ImageURIs; an input whose listing or manifest fails is returned in
+    the second list instead of raising, for a pipeline to report as ImageURIs does.
+    """
+    found: set[str] = set()
+    failed: list[str] = []
+    for spec in as_list(inputs, "inputs"):
+        try:
+            if is_manifest(spec):
+                uris = read_manifest(normalize_uri(spec.removeprefix(MANIFEST_PREFIX)), column)
+            else:
+                paths, reason = match_pattern(normalize_uri(spec), extensions)
+                if reason is not None:
+                    failed.append(spec)
+                    continue
+                uris = [normalize_uri(p) for p in paths]
+        except Exception:  # ManifestError, a listing error: the pipeline reports why
+            failed.append(spec)
+            continue
+        found.update(uris)
+    return sorted(found), failed
+
+
+def watch_pattern(spec: str) -> str:
+    """The FileSystems pattern that watching `spec` polls: a glob as written, a folder
+    (no glob characters) recursively."""
+    spec = normalize_uri(spec)
+    return spec if has_glob(spec) else spec.rstrip("/") + "/**"
+
+
+def is_image_name(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether `name` ends in one of `extensions` (case-insensitive)."""
+    return name.lower().endswith(tuple(e.lower() for e in extensions))
