@@ -50,6 +50,19 @@ def check_run(output: str) -> None:
     )
 
 
+def _read_columns(f, schema: pa.Schema, columns: Sequence[str]) -> pa.Table:
+    """`columns` of one part file; a column added by a later schema version than the
+    file's (e.g. images.prompts_decoded, version 2) reads as nulls."""
+    parquet = pq.ParquetFile(f)
+    present = set(parquet.schema_arrow.names)
+    part = parquet.read(columns=[c for c in columns if c in present])
+    for name in columns:
+        if name not in present:
+            field = schema.field(name)
+            part = part.append_column(field.with_nullable(True), pa.nulls(len(part), field.type))
+    return part.select(list(columns))
+
+
 def read_table(
     output: str,
     table: str,
@@ -69,7 +82,7 @@ def read_table(
     parts = []
     for path in table_files(output, table):
         with FileSystems.open(path) as f:
-            part = pq.read_table(f, columns=read)
+            part = _read_columns(f, schema, read)
         if uris is not None:
             part = part.filter(pc.is_in(part.column("image_uri"), value_set=uris))
         parts.append(part.select(wanted))

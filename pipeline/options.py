@@ -25,6 +25,9 @@ GENERATOR_PARAMS: dict[str, tuple[type, object]] = {
     "crop_overlap_ratio": (float, 512 / 1500),
     "crop_n_points_downscale_factor": (int, 1),
     "min_mask_region_area": (int, 0),
+    # Beyond the reference (sam_core.AutomaticMaskGenerator): "exact" is the reference's.
+    "prompt_mode": (str, "exact"),
+    "coarse_points_per_side": (int, None),
 }
 
 
@@ -112,8 +115,18 @@ class MaskMineOptions(PipelineOptions):
         )
 
         generator = parser.add_argument_group("automatic mask generator")
+        extra = {
+            "prompt_mode": dict(
+                choices=["exact", "adaptive"],
+                help="exact: every grid point is a prompt (the reference). adaptive: a "
+                "coarse grid first, then only the grid points no kept mask covers yet.",
+            ),
+            "coarse_points_per_side": dict(
+                help="Adaptive mode's first grid. Default: a quarter of --points_per_side."
+            ),
+        }
         for name, (kind, default) in GENERATOR_PARAMS.items():
-            generator.add_argument(f"--{name}", type=kind, default=default)
+            generator.add_argument(f"--{name}", type=kind, default=default, **extra.get(name, {}))
 
         quality = parser.add_argument_group("filters after the generator")
         quality.add_argument(

@@ -27,6 +27,9 @@ from .preprocess import upscale_masks
 from .sam import Sam
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+PROMPT_MODES = ("exact", "adaptive")
+# 1024 x 1024 = 1M prompts per crop (16k decoder batches of 64): far past any use.
+MAX_POINTS_PER_SIDE = 1024
 _EDGE_TOLERANCE_PX = 20.0
 # Full-resolution float32 logits held at once while scoring masks (bytes).
 _LOGIT_BUDGET_BYTES = 64 << 20
@@ -76,6 +79,8 @@ def check_params(
     crop_n_points_downscale_factor: int = 1,
     min_mask_region_area: int = 0,
     encoder_batch_size: int = 4,
+    prompt_mode: str = "exact",
+    coarse_points_per_side: int | None = None,
     **thresholds: float,
 ) -> None:
     """Raise ValueError, naming the parameter, for values the generator cannot run with.
@@ -92,6 +97,17 @@ def check_params(
     }
     if points_per_side is not None:
         at_least["points_per_side"] = (points_per_side, 1)
+        if points_per_side > MAX_POINTS_PER_SIDE:
+            grid_gb = points_per_side**2 * 16 / 1e9  # float64 xy per point, per crop layer
+            raise ValueError(
+                f"points_per_side must be <= {MAX_POINTS_PER_SIDE}, got {points_per_side} "
+                f"({points_per_side**2:,} prompts per crop, {grid_gb:,.1f} GB for the "
+                f"point grid alone)"
+            )
+    if coarse_points_per_side is not None:
+        at_least["coarse_points_per_side"] = (coarse_points_per_side, 1)
+    if prompt_mode not in PROMPT_MODES:
+        raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
     for name, (value, low) in at_least.items():
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -119,6 +135,12 @@ class AutomaticMaskGenerator:
     precision: "fp32" (exact), "bf16", or "auto" (bf16 where the hardware runs it fast;
         `self.precision` is the one chosen).
     encoder_batch_size: crops encoded per encoder call in generate_batch.
+    prompt_mode: "exact" (the reference's grid, every point decoded) or "adaptive"
+        (beyond the reference): each crop is first prompted with a coarse grid of
+        `coarse_points_per_side` points per side (default: a quarter of the grid's,
+        scaled per crop layer like the fine grid), then only with the fine grid points
+        that no kept mask of the coarse pass covers; same filters and NMS after.
+        `prompts_decoded` holds the point prompts decoded per image by the last call.
     """
 
     def __init__(
@@ -139,6 +161,8 @@ class AutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         precision: str = "fp32",
         encoder_batch_size: int = 4,
+        prompt_mode: str = "exact",
+        coarse_points_per_side: int | None = None,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -152,6 +176,8 @@ class AutomaticMaskGenerator:
             crop_n_points_downscale_factor=crop_n_points_downscale_factor,
             min_mask_region_area=min_mask_region_area,
             encoder_batch_size=encoder_batch_size,
+            prompt_mode=prompt_mode,
+            coarse_points_per_side=coarse_points_per_side,
         )
         if points_per_side is not None:
             point_grids = mask_ops.build_all_layer_point_grids(
@@ -176,6 +202,19 @@ class AutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         self.encoder_batch_size = encoder_batch_size
+        self.prompt_mode = prompt_mode
+        # Coarse grids of the adaptive mode, per crop layer: a quarter of each layer's
+        # points per side by default (1/16 of its prompts).
+        self.coarse_grids = [
+            mask_ops.build_point_grid(
+                max(1, coarse_points_per_side // (crop_n_points_downscale_factor**layer))
+                if coarse_points_per_side is not None
+                else max(1, round(np.sqrt(len(grid))) // 4)
+            )
+            for layer, grid in enumerate(self.point_grids)
+        ]
+        # Point prompts decoded per image by the last generate_batch call.
+        self.prompts_decoded: list[int] = []
 
     def generate(self, image: np.ndarray) -> list[dict]:
         """Masks of one (H, W, 3) uint8 RGB image, as records (see `generate_batch`)."""
@@ -204,19 +243,23 @@ class AutomaticMaskGenerator:
             jobs.extend((i, box, layer) for box, layer in zip(boxes, layers))
 
         per_image: list[list[_Masks]] = [[] for _ in images]
+        prompts = [0] * len(images)
         whole_image: dict[int, ImageEmbedding] = {}
         for start in range(0, len(jobs), self.encoder_batch_size):
             chunk = jobs[start : start + self.encoder_batch_size]
             crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in chunk]
             embeddings = self.predictor.encode(crops)
             for (i, box, layer), embedding in zip(chunk, embeddings):
-                per_image[i].append(self._crop_masks(embedding, box, layer, images[i].shape[:2]))
+                masks, decoded = self._crop_masks(embedding, box, layer, images[i].shape[:2])
+                per_image[i].append(masks)
+                prompts[i] += decoded
                 if layer == 0 and embeddings_out is not None:
                     embedding.decoder_caches.clear()  # only the features are kept
                     whole_image[i] = embedding
             del embeddings
         if embeddings_out is not None:
             embeddings_out.extend(whole_image[i] for i in range(len(images)))
+        self.prompts_decoded = prompts
         return [self._finish(parts, len(parts)) for parts in per_image]
 
     def _finish(self, parts: list[_Masks], n_crops: int) -> list[dict]:
@@ -244,12 +287,54 @@ class AutomaticMaskGenerator:
         crop_box: list[int],
         layer: int,
         image_size: tuple[int, int],
-    ) -> _Masks:
-        """All masks of one crop after the per-crop NMS, in image coordinates."""
+    ) -> tuple[_Masks, int]:
+        """All masks of one crop after the per-crop NMS, in image coordinates, and the
+        number of point prompts decoded for it."""
         crop_h, crop_w = embedding.original_size
-        points = self.point_grids[layer] * np.array([[crop_w, crop_h]], dtype=np.float64)
+        scale = np.array([[crop_w, crop_h]], dtype=np.float64)
+        points = self.point_grids[layer] * scale
+        if self.prompt_mode == "exact":
+            parts, _ = self._decode_points(embedding, points, crop_box, image_size)
+            decoded = len(points)
+        else:
+            # Coarse grid first; then only the fine grid points that no kept (confident,
+            # stable) mask of the coarse pass covers.
+            coarse = self.coarse_grids[layer] * scale
+            parts, covered = self._decode_points(
+                embedding, coarse, crop_box, image_size, probe=points
+            )
+            remaining = points[~covered]
+            more, _ = self._decode_points(embedding, remaining, crop_box, image_size)
+            parts += more
+            decoded = len(coarse) + len(remaining)
+        data = _Masks.cat(parts)
+        if len(data.rles):
+            keep = mask_ops.batched_box_nms(
+                data.boxes.float(),
+                data.predicted_iou,
+                torch.zeros(len(data.rles), dtype=torch.int64, device=data.boxes.device),
+                self.box_nms_thresh,
+            )
+            data = data.select(keep)
+        data.boxes = mask_ops.uncrop_boxes_xyxy(data.boxes, crop_box)
+        data.points = mask_ops.uncrop_points(data.points, crop_box)
+        return data, decoded
+
+    def _decode_points(
+        self,
+        embedding: ImageEmbedding,
+        points: np.ndarray,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+        probe: np.ndarray | None = None,
+    ) -> tuple[list[_Masks], np.ndarray | None]:
+        """Masks of (n, 2) xy point prompts (crop pixels), filtered, before NMS; and, for
+        (p, 2) `probe` points, which of them a kept mask covers ((p,) bool)."""
         labels = np.ones((len(points), 1), dtype=np.int64)
+        covered = None if probe is None else torch.zeros(len(probe), dtype=torch.bool)
         parts = []
+        if len(points) == 0:
+            return parts, None if covered is None else covered.numpy()
         for prompts, batch in self.predictor.iter_decode(
             embedding,
             points[:, None, :],
@@ -267,20 +352,11 @@ class AutomaticMaskGenerator:
                     points[prompts][computed],
                     crop_box,
                     image_size,
+                    probe=probe,
+                    covered=covered,
                 )
             )
-        data = _Masks.cat(parts)
-        if len(data.rles):
-            keep = mask_ops.batched_box_nms(
-                data.boxes.float(),
-                data.predicted_iou,
-                torch.zeros(len(data.rles), dtype=torch.int64, device=data.boxes.device),
-                self.box_nms_thresh,
-            )
-            data = data.select(keep)
-        data.boxes = mask_ops.uncrop_boxes_xyxy(data.boxes, crop_box)
-        data.points = mask_ops.uncrop_points(data.points, crop_box)
-        return data
+        return parts, None if covered is None else covered.numpy()
 
     def _filter_batch(
         self,
@@ -290,10 +366,14 @@ class AutomaticMaskGenerator:
         points: np.ndarray,
         crop_box: list[int],
         image_size: tuple[int, int],
+        probe: np.ndarray | None = None,
+        covered: torch.Tensor | None = None,
     ) -> _Masks:
         """Filter one decoder batch: (b, 3, s, s) logits, (b, 3) IoU, (b, 2) points.
 
-        Boxes come out in crop coordinates; masks are RLE-encoded in image ones.
+        Boxes come out in crop coordinates; masks are RLE-encoded in image ones. With
+        (p, 2) xy `probe` points (crop pixels), sets `covered[i]` ((p,) bool, in place)
+        for each probe point that a kept mask contains.
         """
         device = low_res.device
         masks_per_point = low_res.shape[1]
@@ -308,6 +388,9 @@ class AutomaticMaskGenerator:
         image_h, image_w = image_size
         whole_image = list(crop_box) == [0, 0, image_w, image_h]
         chunk = max(1, _LOGIT_BUDGET_BYTES // (4 * crop_h * crop_w))
+        if probe is not None:  # pixel indices of the probe points, in the transposed masks
+            probe_x = torch.from_numpy(probe[:, 0]).long().clamp(0, crop_w - 1).to(device)
+            probe_y = torch.from_numpy(probe[:, 1]).long().clamp(0, crop_h - 1).to(device)
         kept, stability, boxes, areas, rles = [], [], [], [], []
         for start in range(0, len(keep), chunk):
             idx = keep[start : start + chunk]
@@ -334,6 +417,9 @@ class AutomaticMaskGenerator:
                 box, crop_box, [0, 0, image_w, image_h], _EDGE_TOLERANCE_PX
             )
             inside_list = inside.tolist()
+            if probe is not None and inside.any():
+                hits = masks_t[inside.to(device)][:, probe_x, probe_y].any(0)
+                covered |= hits.cpu()
             if whole_image:
                 rles.extend(r for r, ok in zip(crop_rles, inside_list) if ok)
             else:

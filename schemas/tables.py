@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: images.prompts_decoded
 VERSION_KEY = b"maskmine.schema_version"
 TABLE_KEY = b"maskmine.table"
 _SHAPE_KEY = b"maskmine.shape"
@@ -112,6 +112,11 @@ IMAGES_SCHEMA = _schema(
         *_image_fields(),
         _field("masks_generated", pa.int32(), "masks out of the generator, before filters"),
         _field("masks_kept", pa.int32(), "masks written, after the pipeline's filters"),
+        _field(
+            "prompts_decoded",
+            pa.int32(),
+            "point prompts the generator decoded for the image (all crops)",
+        ),
         _field("decode_seconds", pa.float64(), "time spent decoding the image (s)"),
         _field("inference_seconds", pa.float64(), "time spent in SAM for the image (s)"),
         *_run_fields(),

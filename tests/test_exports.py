@@ -236,3 +236,34 @@ def test_inspect_and_export_work_on_a_gs_run(run, request, tmp_path, capsys):
 
     assert main(["export", f"gs://{BUCKET}/nothing", "--format", "sa1b", "--dest", "x"]) == 2
     assert f"gs://{BUCKET}/nothing: no such run folder" in capsys.readouterr().err
+
+
+def test_tables_of_an_older_schema_version_still_read(tmp_path):
+    # Schema 2 added images.prompts_decoded: an output folder written by both versions
+    # reads as one table, with nulls where the older files have no such column.
+    import datetime as dt
+
+    from exports.tables import read_table as read_run_table
+    from schemas import tables
+
+    row = {
+        "image_uri": "a.png",
+        "image_sha256": "0" * 64,
+        "image_width": 4,
+        "image_height": 3,
+        "masks_generated": 2,
+        "masks_kept": 1,
+        "prompts_decoded": 1024,
+        "decode_seconds": 0.1,
+        "inference_seconds": 0.2,
+        "run_id": "new",
+        "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    }
+    (tmp_path / "images").mkdir()
+    new = tables.to_table([row], tables.IMAGES_SCHEMA)
+    pq.write_table(new, tmp_path / "images" / "part-new-00000-of-00001.parquet")
+    old = tables.to_table([dict(row, image_uri="b.png", run_id="old")], tables.IMAGES_SCHEMA)
+    pq.write_table(old.drop(["prompts_decoded"]), tmp_path / "images" / "part-old.parquet")
+    table = read_run_table(str(tmp_path), "images").sort_by("image_uri")
+    assert table.column("image_uri").to_pylist() == ["a.png", "b.png"]
+    assert table.column("prompts_decoded").to_pylist() == [1024, None]

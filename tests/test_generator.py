@@ -165,3 +165,56 @@ def test_bad_parameters(model, kwargs, message):
 def test_bad_images(model, image):
     with pytest.raises(ValueError, match="uint8 RGB"):
         AutomaticMaskGenerator(model).generate(image)
+
+
+# --- adaptive prompts (beyond the reference) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundled_scene():
+    from pipeline.config import BUNDLED_CHECKPOINT
+    from training.scenes import EVAL_SEED_START, generate_scene
+
+    return build_sam(checkpoint=BUNDLED_CHECKPOINT), generate_scene(EVAL_SEED_START, (96, 128))
+
+
+def test_exact_mode_counts_every_grid_point(bundled_scene):
+    model, scene = bundled_scene
+    generator = AutomaticMaskGenerator(model, points_per_side=8, crop_n_layers=1)
+    generator.generate_batch([scene.image, scene.image[:50]])
+    assert generator.prompts_decoded == [8 * 8 * 5, 8 * 8 * 5]  # whole image + 4 crops
+
+
+def test_adaptive_mode_skips_exactly_the_grid_points_the_coarse_masks_cover(bundled_scene):
+    model, scene = bundled_scene
+    thresholds = dict(pred_iou_thresh=0.2, stability_score_thresh=0.3)
+    adaptive = AutomaticMaskGenerator(
+        model, points_per_side=16, prompt_mode="adaptive", output_mode="coco_rle", **thresholds
+    )
+    records = adaptive.generate(scene.image)
+    # The coarse pass alone (4 x 4 grid: a quarter of 16), every kept mask before NMS.
+    coarse = AutomaticMaskGenerator(
+        model, points_per_side=4, box_nms_thresh=1.0, output_mode="binary_mask", **thresholds
+    ).generate(scene.image)
+    assert coarse, "the coarse pass keeps no mask: the test would check nothing"
+    covered = np.any([r["segmentation"] for r in coarse], axis=0)
+    h, w = scene.image.shape[:2]
+    fine = adaptive.point_grids[0] * np.array([[w, h]])
+    uncovered = ~covered[fine[:, 1].astype(int), fine[:, 0].astype(int)]
+    assert 0 < uncovered.sum() < len(fine)
+    assert adaptive.prompts_decoded == [16 + int(uncovered.sum())]
+    # Records as in the exact mode: same keys, prompts from either grid.
+    exact = AutomaticMaskGenerator(
+        model, points_per_side=16, output_mode="coco_rle", **thresholds
+    ).generate(scene.image)
+    assert records and set(records[0]) == set(exact[0])
+
+
+def test_bad_prompt_modes_and_grids_are_refused(bundled_scene):
+    model, _ = bundled_scene
+    with pytest.raises(ValueError, match="prompt_mode must be one of"):
+        AutomaticMaskGenerator(model, prompt_mode="sparse")
+    with pytest.raises(ValueError, match="coarse_points_per_side must be >= 1"):
+        AutomaticMaskGenerator(model, prompt_mode="adaptive", coarse_points_per_side=0)
+    with pytest.raises(ValueError, match=r"points_per_side must be <= 1024.*GB"):
+        AutomaticMaskGenerator(model, points_per_side=100_000)

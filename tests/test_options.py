@@ -42,6 +42,9 @@ def test_generator_defaults_are_the_references():
         "crop_n_points_downscale_factor": 1,
         "min_mask_region_area": 0,
         "precision": "auto",
+        # Beyond the reference; "exact" computes what the reference computes.
+        "prompt_mode": "exact",
+        "coarse_points_per_side": None,
     }
     assert set(params) - {"precision"} == set(GENERATOR_PARAMS)
 

@@ -56,6 +56,7 @@ def image_row(**overrides) -> dict:
         "image_width": 640,
         "image_height": 480,
         "masks_generated": 120,
+        "prompts_decoded": 1024,
         "masks_kept": 87,
         "decode_seconds": 0.012,
         "inference_seconds": 1.5,
@@ -71,9 +72,9 @@ def error_row() -> dict:
 
 
 def test_every_schema_carries_its_version_and_name():
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     for name, schema in SCHEMAS.items():
-        assert schema.metadata[VERSION_KEY] == b"1"
+        assert schema.metadata[VERSION_KEY] == b"2"
         assert schema.metadata[b"maskmine.table"] == name.encode()
     assert MASKS_SCHEMA.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert MASKS_SCHEMA.field("segmentation").type.field("size").type.value_type == pa.int32()

@@ -86,17 +86,23 @@ class LoadedSam:
 
     def mine(
         self, images: list[np.ndarray], keep_embeddings: bool = False
-    ) -> tuple[list[list[dict]], list[tuple[np.ndarray, tuple[int, int]]] | None]:
-        """The generator's records for each (H, W, 3) uint8 image and, if asked, each
-        image's embedding: ((C, h, w) float16, the resized (h, w) inside the input)."""
+    ) -> tuple[list[list[dict]], list[int], list[tuple[np.ndarray, tuple[int, int]]] | None]:
+        """The generator's records for each (H, W, 3) uint8 image, the point prompts it
+        decoded for each, and, if asked, each image's embedding: ((C, h, w) float16, the
+        resized (h, w) inside the input)."""
         embeddings: list | None = [] if keep_embeddings else None
         masks = self._generator.generate_batch(images, embeddings)
+        prompts = list(self._generator.prompts_decoded)
         if embeddings is None:
-            return masks, None
-        return masks, [
-            (e.features.to(torch.float16).cpu().numpy(), tuple(int(v) for v in e.input_size))
-            for e in embeddings
-        ]
+            return masks, prompts, None
+        return (
+            masks,
+            prompts,
+            [
+                (e.features.to(torch.float16).cpu().numpy(), tuple(int(v) for v in e.input_size))
+                for e in embeddings
+            ],
+        )
 
 
 class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
@@ -171,24 +177,28 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
         model_type, checkpoint_sha256, runtime = model.provenance()
         t0 = time.perf_counter()
         try:
-            per_image, embeddings = model.mine([im.pixels for im in batch], self.keep_embeddings)
+            per_image, prompts, embeddings = model.mine(
+                [im.pixels for im in batch], self.keep_embeddings
+            )
             seconds = [(time.perf_counter() - t0) / len(batch)] * len(batch)
         except Exception:  # one image may be at fault: retry them one by one
             _LOG.warning("batch of %d failed; retrying image by image", len(batch))
-            per_image, embeddings, seconds = [], [], []
+            per_image, prompts, embeddings, seconds = [], [], [], []
             for image in batch:
                 t1 = time.perf_counter()
                 try:
-                    masks, embedding = model.mine([image.pixels], self.keep_embeddings)
+                    masks, counts, embedding = model.mine([image.pixels], self.keep_embeddings)
                     per_image.append(masks[0])
+                    prompts.append(counts[0])
                     embeddings.append(embedding[0] if embedding else None)
                 except Exception as e:
                     per_image.append(e)
+                    prompts.append(0)
                     embeddings.append(None)
                 seconds.append(time.perf_counter() - t1)
         results: list[MinedImage | Failure] = []
-        for image, masks, secs, emb in zip(
-            batch, per_image, seconds, embeddings or [None] * len(batch)
+        for image, masks, secs, emb, decoded in zip(
+            batch, per_image, seconds, embeddings or [None] * len(batch), prompts
         ):
             if isinstance(masks, Exception):
                 self._failed.inc()
@@ -212,6 +222,7 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
                     embedding=None if emb is None else emb[0],
                     input_size=None if emb is None else emb[1],
                     runtime=runtime,
+                    prompts_decoded=decoded,
                 )
             )
         return results

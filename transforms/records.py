@@ -92,6 +92,8 @@ class MinedImage:
     input_size: tuple[int, int] | None = None
     # How the model ran: precision actually used ("fp32"/"bf16"), device, torch version.
     runtime: dict[str, str] = field(default_factory=dict)
+    # Point prompts the generator decoded (all crops): fewer in the adaptive mode.
+    prompts_decoded: int = 0
 
 
 @dataclass(frozen=True)

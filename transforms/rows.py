@@ -68,6 +68,7 @@ def image_row(image: MinedImage, provenance: Provenance) -> dict:
         "image_height": image.height,
         "masks_generated": image.masks_generated,
         "masks_kept": len(image.masks),
+        "prompts_decoded": image.prompts_decoded,
         "decode_seconds": image.decode_seconds,
         "inference_seconds": image.inference_seconds,
         "run_id": provenance.run_id,
