@@ -14,6 +14,7 @@ Same parameters, defaults, order of operations and records as the reference
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ from pycocotools import mask as mask_utils
 
 from . import mask_ops
 from .predictor import ImageEmbedding, SamPredictor
-from .preprocess import upscale_masks
+from .preprocess import RegionUpscaler
 from .sam import Sam
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -69,6 +70,32 @@ class _Masks:
             if f.name != "rles"
         }
         return _Masks(rles=[r for p in parts for r in p.rles], **tensors)
+
+
+@functools.lru_cache(maxsize=32)
+def _region_upscaler(
+    low_res: int,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+    device: torch.device,
+) -> RegionUpscaler:
+    """One RegionUpscaler per crop geometry (the crops of a layer share it)."""
+    return RegionUpscaler(low_res, input_size, original_size, image_size, device)
+
+
+def _encode_column_major(masks_t: torch.Tensor, nonempty: torch.Tensor) -> list[dict]:
+    """`mask_ops.coco_encode_column_major` of (n, W, H) masks, where the (n,) bool
+    `nonempty` says which hold any pixel: empty ones (many, at low thresholds) get the
+    one empty RLE of their size instead of a pass over every pixel."""
+    rles: list[dict | None] = [None] * len(masks_t)
+    which = nonempty.nonzero().flatten().tolist()
+    for i, rle in zip(which, mask_ops.coco_encode_column_major(masks_t[nonempty])):
+        rles[i] = rle
+    if len(which) < len(rles):
+        (empty,) = mask_ops.coco_encode_column_major(masks_t.new_zeros((1, *masks_t.shape[1:])))
+        rles = [rle if rle is not None else dict(empty) for rle in rles]
+    return rles
 
 
 def check_params(
@@ -391,27 +418,48 @@ class AutomaticMaskGenerator:
         if probe is not None:  # pixel indices of the probe points, in the transposed masks
             probe_x = torch.from_numpy(probe[:, 0]).long().clamp(0, crop_w - 1).to(device)
             probe_y = torch.from_numpy(probe[:, 1]).long().clamp(0, crop_h - 1).to(device)
+        upscaler = _region_upscaler(
+            low_res.shape[-1],
+            tuple(embedding.input_size),
+            tuple(embedding.original_size),
+            self.predictor.model.image_size,
+            device,
+        )
+        offset = self.stability_score_offset
+        # In bf16 mode the upscaling GEMMs and the passes over full-resolution logits run
+        # in bf16 too.
+        candidates = low_res[keep].to(self.predictor.decoder_dtype)
+        # Outside its region a mask's logits are <= every threshold used below (the mask
+        # at 0, the stability score's 0 +- offset), so they count nowhere.
+        regions = upscaler.regions(candidates, min(0.0, -offset, offset)).tolist()
         kept, stability, boxes, areas, rles = [], [], [], [], []
         for start in range(0, len(keep), chunk):
-            idx = keep[start : start + chunk]
-            # Logits come out transposed, (n, W, H): the binary masks are then already
-            # in the column-major order pycocotools encodes. In bf16 mode the upscaling
-            # GEMMs and the passes over full-resolution logits run in bf16 too.
-            logits_t = upscale_masks(
-                low_res[idx].to(self.predictor.decoder_dtype),
-                embedding.input_size,
-                embedding.original_size,
-                self.predictor.model.image_size,
-                transposed=True,
-            )
-            score = mask_ops.calculate_stability_score(logits_t, 0.0, self.stability_score_offset)
+            n = min(chunk, len(keep) - start)
+            idx = keep[start : start + n]
+            # Masks are held transposed, (n, W, H): already in the column-major order
+            # pycocotools encodes.
+            masks_t = torch.zeros((n, crop_w, crop_h), dtype=torch.bool, device=device)
+            above_hi = torch.zeros(n, dtype=torch.int64, device=device)
+            above_lo = torch.zeros(n, dtype=torch.int64, device=device)
+            nonempty = torch.zeros(n, dtype=torch.bool, device=device)
+            for j in range(n):
+                y0, y1, x0, x1 = regions[start + j]
+                if y0 > y1 or x0 > x1:
+                    continue  # nothing above -offset: stability 0 / 0, an empty mask
+                block = upscaler.block_t(candidates[start + j], regions[start + j])
+                above_hi[j] = (block > offset).sum()
+                above_lo[j] = (block > -offset).sum()
+                mask = block > 0.0
+                masks_t[j, x0 : x1 + 1, y0 : y1 + 1] = mask
+                nonempty[j] = mask.any()
+            # IoU of the masks at 0 +- offset (the outer one contains the inner one).
+            score = above_hi.float() / above_lo.float()
             if self.stability_score_thresh > 0.0:
                 stable = score >= self.stability_score_thresh
-                idx, score, logits_t = idx[stable], score[stable], logits_t[stable]
-            masks_t = logits_t > 0.0
-            del logits_t
+                idx, score, masks_t = idx[stable], score[stable], masks_t[stable]
+                nonempty = nonempty[stable]
             # Boxes and areas are read from the runs of the crop's RLE, not the pixels.
-            crop_rles = mask_ops.coco_encode_column_major(masks_t)
+            crop_rles = _encode_column_major(masks_t, nonempty)
             box, area = mask_ops.rle_boxes_and_areas(crop_rles)
             inside = ~mask_ops.is_box_near_crop_edge(
                 box, crop_box, [0, 0, image_w, image_h], _EDGE_TOLERANCE_PX

@@ -144,3 +144,74 @@ def upscale_masks(
         # (R L C^T)^T = C L^T R^T
         return cols @ (low_res.transpose(-1, -2) @ rows.T)
     return rows @ (low_res @ cols.T)
+
+
+class RegionUpscaler:
+    """`upscale_masks`, evaluated only where a mask's logits can exceed a threshold.
+
+    Each full-resolution logit is a convex combination (non-negative weights summing to
+    1) of the low-res logits in its support: a few rows of R times a few columns of C.
+    So where every low-res value of a support is at most `threshold`, so is the
+    full-resolution value. `regions` finds, per mask, the smallest full-resolution box
+    outside of which no logit can exceed the threshold; `block_t` computes the logits
+    inside it, the same products as `upscale_masks` restricted to their non-zero terms.
+    Masks of small objects then cost their box, not the whole image.
+
+    input_size, original_size: as in `upscale_masks`; low_res: side s of the logits.
+    """
+
+    # Low-res values within this of the threshold count as above it, so that float
+    # rounding of the weights (summing to 1 +- 1e-7) can never put a full-resolution
+    # value above the threshold outside the box.
+    MARGIN = 1e-3
+
+    def __init__(
+        self,
+        low_res: int,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+        image_size: int,
+        device: torch.device,
+    ) -> None:
+        self.rows, self.cols = _upscale_matrices(
+            low_res, image_size, tuple(input_size), tuple(original_size), device
+        )
+        # First and last low-res index each output row / column draws on (non-decreasing).
+        self.row_lo, self.row_hi = _support(self.rows)
+        self.col_lo, self.col_hi = _support(self.cols)
+
+    def regions(self, low_res: torch.Tensor, threshold: float) -> torch.Tensor:
+        """(n, s, s) logits -> (n, 4) int64 full-resolution boxes y0, y1, x0, x1
+        (inclusive); y0 > y1 for a mask whose logits are all <= threshold everywhere."""
+        over = low_res > threshold - self.MARGIN
+        rows, cols = over.any(2), over.any(1)  # (n, s) each
+        s = low_res.shape[-1]
+        first_row, last_row = rows.int().argmax(1), s - 1 - rows.flip(1).int().argmax(1)
+        first_col, last_col = cols.int().argmax(1), s - 1 - cols.flip(1).int().argmax(1)
+        y0 = torch.searchsorted(self.row_hi, first_row.contiguous(), right=False)
+        y1 = torch.searchsorted(self.row_lo, last_row.contiguous(), right=True) - 1
+        x0 = torch.searchsorted(self.col_hi, first_col.contiguous(), right=False)
+        x1 = torch.searchsorted(self.col_lo, last_col.contiguous(), right=True) - 1
+        empty = ~rows.any(1)
+        y0 = torch.where(empty, torch.ones_like(y0), y0)
+        y1 = torch.where(empty, torch.zeros_like(y1), y1)
+        return torch.stack([y0, y1, x0, x1], dim=1)
+
+    def block_t(self, low_res: torch.Tensor, region: list[int]) -> torch.Tensor:
+        """(s, s) logits of one mask -> its (x1 - x0 + 1, y1 - y0 + 1) logits inside
+        `region` (from `regions`), transposed as `upscale_masks(transposed=True)`."""
+        y0, y1, x0, x1 = region
+        a, b = int(self.row_lo[y0]), int(self.row_hi[y1]) + 1
+        c, d = int(self.col_lo[x0]), int(self.col_hi[x1]) + 1
+        rows = self.rows[y0 : y1 + 1, a:b].to(low_res.dtype)
+        cols = self.cols[x0 : x1 + 1, c:d].to(low_res.dtype)
+        return cols @ (low_res[a:b, c:d].transpose(0, 1) @ rows.T)
+
+
+def _support(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) non-negative matrix -> first and last non-zero column of each row."""
+    nonzero = matrix > 0
+    n = matrix.shape[1]
+    first = nonzero.int().argmax(1)
+    last = n - 1 - nonzero.flip(1).int().argmax(1)
+    return first.contiguous(), last.contiguous()
