@@ -14,8 +14,10 @@ The reference runs when `segment-anything` is importable (see README).
   python benchmarks/amg_vs_reference.py --cases speed --no-reference
   python benchmarks/amg_vs_reference.py --checkpoint my.pth --image photo.jpg
 
-Speed: 32x32 grid, default parameters and permissive ones (thresholds 0), ours
-fp32 and bf16 against the reference fp32. Agreement: bf16 against fp32 masks
+Speed: seeded vit_b at 32x32 and 16x16 grids and the bundled model on a held-out
+scene, each at default parameters and permissive ones (thresholds 0), ours fp32 (run
+before and after the reference) against the reference fp32, and ours bf16 where the
+CPU runs bf16 fast. Prints the CPU capability first. Agreement: bf16 against fp32 masks
 of the model trained here (distinct masks per prompt) on a bundled photo.
 Memory: permissive parameters on a 1500x2000 image, ours fp32 (the reference too
 with --reference-memory: ~9 GB, ~9 min).
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import pickle
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,9 +71,10 @@ def worker(spec: dict) -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             records = generator.generate(image)
     else:
-        from sam_core import build_sam
-        from sam_core.generator import AutomaticMaskGenerator
+        from sam_core import AutomaticMaskGenerator, build_sam
+        from sam_core.allocator import keep_freed_memory
 
+        keep_freed_memory()  # what a pipeline worker sets (transforms/inference.py)
         model = build_sam(checkpoint=spec["checkpoint"])
         generator = AutomaticMaskGenerator(
             model, output_mode="coco_rle", precision=spec["precision"], **spec["params"]
@@ -137,6 +141,17 @@ def run_case(spec: dict) -> dict:
     return result
 
 
+def held_out_scene(path: str) -> str:
+    """A held-out synthetic scene (seed never used in training), 466x537, as a PNG."""
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))
+    from training.scenes import EVAL_SEED_START, generate_scene
+
+    Image.fromarray(generate_scene(EVAL_SEED_START, (466, 537)).image).save(path)
+    return path
+
+
 def seeded_checkpoint(path: str) -> str:
     import torch
 
@@ -158,13 +173,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--reference-memory", action="store_true")
+    parser.add_argument("--speed-cases", help="comma-separated indices of the speed cases")
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
         return
 
     sys.path.insert(0, str(ROOT))
+    import torch
+
+    from sam_core.precision import fast_bf16 as bf16_check
     from scripts.amg_match import match_records
+
+    fast_bf16, why = bf16_check(torch.device("cpu"))
+    print(
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
+        f"bf16 {'fast' if fast_bf16 else 'slow'}: {why}"
+    )
 
     try:
         import segment_anything  # noqa: F401
@@ -178,41 +203,70 @@ def main() -> None:
     cases = args.cases.split(",")
 
     if "speed" in cases:
-        print(f"== speed: 512x512, 32x32 grid, {args.threads} threads ==")
-        for label, params in (("default", {}), ("permissive", PERMISSIVE)):
-            spec = dict(base, size=(512, 512), params=params)
-            ours = {p: [run_case(dict(spec, impl="ours", precision=p))] for p in ("fp32", "bf16")}
+        scene = held_out_scene("/tmp/maskmine_scene_466x537.png")
+        trained = str(ROOT / "sam_core" / "weights" / "sam_synthetic.pth")
+        speed_cases = [
+            ("seeded vit_b 512x512, 32x32, defaults", dict(base, size=(512, 512), params={})),
+            (
+                "seeded vit_b 512x512, 32x32, thresholds 0",
+                dict(base, size=(512, 512), params=PERMISSIVE),
+            ),
+            (
+                "seeded vit_b 512x512, 16x16, defaults",
+                dict(base, size=(512, 512), params={"points_per_side": 16}),
+            ),
+            (
+                "seeded vit_b 512x512, 16x16, thresholds 0",
+                dict(base, size=(512, 512), params=dict(PERMISSIVE, points_per_side=16)),
+            ),
+            (
+                "bundled model, held-out scene 466x537, 32x32, defaults",
+                dict(base, checkpoint=trained, image=scene, size=(0, 0), params={}),
+            ),
+            (
+                "bundled model, held-out scene 466x537, 32x32, thresholds 0",
+                dict(base, checkpoint=trained, image=scene, size=(0, 0), params=PERMISSIVE),
+            ),
+        ]
+        only = args.speed_cases.split(",") if args.speed_cases else None
+        print(f"== speed: {args.threads} threads; ours A, reference B, ours A (A B A) ==")
+        for k, (label, spec) in enumerate(speed_cases):
+            if only and str(k) not in only:
+                continue
+            ours = [run_case(dict(spec, impl="ours", precision="fp32"))]
             ref = (
                 run_case(dict(spec, impl="reference", precision="fp32")) if have_reference else None
             )
-            if ref is not None:  # bracket the long reference run with a second run of ours
-                for p in ours:
-                    ours[p].append(run_case(dict(spec, impl="ours", precision=p)))
-            line = f"{label:10s}"
-            for p, runs in ours.items():
-                times = " / ".join(f"{r['seconds']:.1f}" for r in runs)
-                cpu = " / ".join(f"{r['cpu_seconds']:.1f}" for r in runs)
-                line += f" | ours {p} {times} s (cpu {cpu} s, {len(runs[0]['records'])} masks)"
-            if ref is not None:
-                line += (
-                    f" | reference {ref['seconds']:.1f} s (cpu {ref['cpu_seconds']:.1f} s,"
-                    f" {len(ref['records'])} masks)"
+            ours.append(run_case(dict(spec, impl="ours", precision="fp32")))
+            bf16 = run_case(dict(spec, impl="ours", precision="bf16")) if fast_bf16 else None
+            times = " / ".join(f"{r['seconds']:.2f}" for r in ours)
+            cpu = " / ".join(f"{r['cpu_seconds']:.2f}" for r in ours)
+            print(f"{label}:")
+            print(f"  ours fp32 {times} s (cpu {cpu} s), {len(ours[0]['records'])} masks")
+            if bf16 is not None:
+                print(f"  ours bf16 {bf16['seconds']:.2f} s, {len(bf16['records'])} masks")
+            if ref is None:
+                continue
+            print(
+                f"  reference {ref['seconds']:.2f} s (cpu {ref['cpu_seconds']:.2f} s), "
+                f"{len(ref['records'])} masks"
+            )
+            median = statistics.median(r["seconds"] for r in ours)
+            slower = max(r["seconds"] for r in ours)
+            print(
+                f"  fp32: {ref['seconds'] / median:.1f}x faster (median of ours), "
+                f"{ref['seconds'] / slower:.1f}x (slower run), "
+                f"{ref['cpu_seconds'] / max(r['cpu_seconds'] for r in ours):.1f}x (cpu time)"
+            )
+            print(f"  fp32 vs reference: {match_records(ours[0]['records'], ref['records'])}")
+            if bf16 is not None:
+                print(f"  bf16: {ref['seconds'] / bf16['seconds']:.1f}x the reference fp32")
+                agree = match_records(
+                    bf16["records"], ours[0]["records"], min_iou=0.95, score_tol=1.0
                 )
-            print(line)
-            if ref is not None:
-                for p, runs in ours.items():
-                    wall = ref["seconds"] / max(r["seconds"] for r in runs)
-                    cpu = ref["cpu_seconds"] / max(r["cpu_seconds"] for r in runs)
-                    print(f"  {p}: {wall:.1f}x faster (wall, slower run), {cpu:.1f}x (cpu time)")
-                parity = match_records(ours["fp32"][0]["records"], ref["records"])
-                print(f"  fp32 vs reference: {parity}")
-            fp32, bf16 = ours["fp32"][0], ours["bf16"][0]
-            agree = match_records(bf16["records"], fp32["records"], min_iou=0.95, score_tol=1.0)
-            if agree.n_reference:
-                share = agree.n_matched / agree.n_reference
-                print(f"  bf16 vs fp32: {share:.0%} of fp32 masks at mask IoU >= 0.95 ({agree})")
-            else:
-                print(f"  bf16 vs fp32: no masks to compare (fp32 0, bf16 {agree.n_ours})")
+                if agree.n_reference:
+                    share = agree.n_matched / agree.n_reference
+                    print(f"  bf16 vs fp32: {share:.0%} of fp32 masks at IoU >= 0.95 ({agree})")
 
     if "agreement" in cases:
         # Random vit_b weights give near-identical masks (one survives NMS), which says
