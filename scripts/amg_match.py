@@ -56,6 +56,9 @@ def match_records(
     a = [_coco(r["segmentation"]) for r in ours]
     b = [_coco(r["segmentation"]) for r in reference]
     iou = mask_utils.iou(a, b, [0] * len(b))  # (len(ours), len(reference))
+    # pycocotools gives two empty masks IoU 0; they are the same (empty) mask.
+    empty_a, empty_b = mask_utils.area(a) == 0, mask_utils.area(b) == 0
+    iou = np.where(empty_a[:, None] & empty_b[None, :], 1.0, iou)
     score_err = np.maximum(
         _score_error(
             np.array([r["predicted_iou"] for r in ours])[:, None],
