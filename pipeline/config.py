@@ -25,7 +25,13 @@ from schemas import layout
 from transforms.inference import ModelSpec, check_model_spec, resolve_device
 from transforms.postprocess import QualityThresholds
 from transforms.records import Provenance
-from transforms.uris import is_manifest, location_problem
+from transforms.uris import (
+    IMAGE_EXTENSIONS,
+    has_glob,
+    is_manifest,
+    location_problem,
+    normalize_uri,
+)
 
 from .options import (
     LocalRunOptions,
@@ -119,6 +125,26 @@ def _check_parts(options: MaskMineOptions) -> None:
         )
 
 
+def _check_output_outside_inputs(options: MaskMineOptions) -> None:
+    """An --output under a folder that --input lists recursively would be mined by the
+    next run over the same inputs (the PNGs `maskmine inspect` writes there)."""
+    output = normalize_uri(options.output).rstrip("/") + "/"
+    for spec in options.input or []:
+        if is_manifest(spec):
+            continue
+        pattern = normalize_uri(spec)
+        if has_glob(pattern):
+            if "**" not in pattern:
+                continue  # one level of a folder: never the output's nested files
+            pattern = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+        folder = pattern.rstrip("/") + "/"
+        if output.startswith(folder):
+            raise ConfigError(
+                f"--output {options.output} is inside --input {spec}: a later run over the "
+                f"same inputs would mine the files written there; write elsewhere"
+            )
+
+
 def _check_precision(options: MaskMineOptions) -> None:
     """Warn when --precision bf16 is asked for on a local device that emulates bf16."""
     if options.precision != "bf16" or not is_local(options):
@@ -143,6 +169,14 @@ def _check_locations(options: MaskMineOptions) -> None:
             raise ConfigError(f"{flag} {uri}: {problem}")
 
 
+def options_extensions(options: MaskMineOptions) -> tuple[str, ...]:
+    """The file name extensions a listing keeps (--extensions, or every one the decoder
+    reads); names without an extension are always kept."""
+    if not options.extensions:
+        return IMAGE_EXTENSIONS
+    return tuple(e.strip().lower() for e in options.extensions.split(",") if e.strip())
+
+
 def quality_thresholds(options: MaskMineOptions) -> QualityThresholds:
     """The filters after the generator (ValueError for an impossible area range)."""
     return QualityThresholds(
@@ -159,6 +193,13 @@ def _check_values(options: MaskMineOptions) -> None:
     # An empty --input would resolve to the working directory; an empty --output too.
     if any(not i.strip() for i in options.input or []):
         raise ConfigError("--input is empty: give a folder, glob pattern or manifest")
+    if options.extensions is not None:
+        wanted = [e.strip() for e in options.extensions.split(",")]
+        if not all(e.startswith(".") and len(e) > 1 for e in wanted):
+            raise ConfigError(
+                f"--extensions {options.extensions!r}: give a comma-separated list like "
+                f"'.jpg,.png' (default: every extension the decoder reads)"
+            )
     if not (options.output or "").strip():
         raise ConfigError("--output is empty: give a folder (local or gs://)")
     if options.checkpoint is not None and not options.checkpoint.strip():
@@ -203,6 +244,7 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     _check_streaming(options)
     _check_parts(options)
     _check_precision(options)
+    _check_output_outside_inputs(options)
     if not options.input and not is_streaming(options):
         if not SAMPLES_DIR.is_dir():
             raise ConfigError(

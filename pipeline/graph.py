@@ -33,6 +33,7 @@ from .config import (
     generator_params,
     is_streaming,
     mined_images_pattern,
+    options_extensions,
     provenance,
     quality_thresholds,
 )
@@ -122,7 +123,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
     if is_streaming(options):
         _build_streaming(pipeline, options)
         return
-    read = pipeline | "ReadURIs" >> ImageURIs(options.input)
+    read = pipeline | "ReadURIs" >> ImageURIs(options.input, options_extensions(options))
     decoded = _skip_existing(read["uris"], options) | "Decode" >> DecodeImages(
         max_pixels=options.max_pixels
     )
@@ -144,7 +145,12 @@ def _build_streaming(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
         uris.append(
             pipeline
             | "WatchInputs"
-            >> WatchImageURIs(options.input, stream.poll_interval_s, stream.stop_after_s)
+            >> WatchImageURIs(
+                options.input,
+                stream.poll_interval_s,
+                stream.stop_after_s,
+                options_extensions(options),
+            )
         )
     mine_stream(uris | "ReadURIs" >> beam.Flatten(), read_errors, options)
 

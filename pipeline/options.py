@@ -55,6 +55,15 @@ class MaskMineOptions(PipelineOptions):
         )
         io.add_argument("--output", default="out", help="Output folder (local or gs://).")
         io.add_argument(
+            "--extensions",
+            default=None,
+            help="Comma-separated file name extensions that folders and globs list, e.g. "
+            "'.jpg,.png'. Default: every format the decoder reads (JPEG, PNG, WebP, BMP, "
+            "TIFF, GIF, PPM, JPEG 2000, AVIF, ICO, TGA, PCX). Names without an extension "
+            "are always listed (decoding tells images from the rest); other files are "
+            "counted as files_skipped_by_extension.",
+        )
+        io.add_argument(
             "--skip_existing",
             nargs="?",
             const=True,

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.uris import list_image_uris
 
-from .config import mined_images_pattern
+from .config import mined_images_pattern, options_extensions
 from .options import LocalRunOptions, MaskMineOptions
 from .run import mine_once, say
 
@@ -40,7 +40,13 @@ def mined_uris(output: str) -> set[str]:
 
 def plan_parts(options: MaskMineOptions) -> tuple[list[list[str]], list[str], int]:
     """(URIs of each part, inputs that listed no image, URIs skipped as already mined)."""
-    uris, failed = list_image_uris(options.input)
+    by_extension: list[str] = []
+    uris, failed = list_image_uris(options.input, options_extensions(options), skipped=by_extension)
+    if by_extension:
+        say(
+            f"{len(by_extension)} file(s) skipped by --extensions, e.g. "
+            f"{', '.join(by_extension[:3])}"
+        )
     skipped = 0
     if options.skip_existing:
         mined = mined_uris(options.output)

@@ -98,7 +98,12 @@ def run_until_done(pipeline: beam.Pipeline, options: MaskMineOptions):
     if watching:
         resume_watching()  # a run stopped earlier in this process must not stop this one
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main else None
+    # SIGTERM (a scheduler stopping the run, `kill`) is handled like Ctrl-C.
+    previous = (
+        {sig: signal.signal(sig, on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if in_main
+        else {}
+    )
     try:
         result = pipeline.run()
         try:
@@ -116,8 +121,8 @@ def run_until_done(pipeline: beam.Pipeline, options: MaskMineOptions):
             raise
         return result
     finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def counters(result) -> dict[str, int]:

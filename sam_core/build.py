@@ -96,7 +96,21 @@ def load_state_dict(
 
     _check_is_state_dict(obj, name)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in obj.items()}
+    _check_finite(state_dict, name)
     return state_dict, sha256
+
+
+def _check_finite(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """CheckpointError for NaN or infinite weights: such a model mines empty masks with
+    NaN scores, and its images would be recorded as mined."""
+    bad = [
+        k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{name}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[0]!r} "
+            f"(a damaged or diverged checkpoint)"
+        )
 
 
 def _check_is_state_dict(obj: object, name: str) -> None:
@@ -125,13 +139,15 @@ def _config_of(state_dict: Mapping[str, torch.Tensor], name: str) -> SamConfig:
 
 def check_local_checkpoint(path: str | os.PathLike, model_type: str | None = None) -> str:
     """The model type ("vit_h", ..., or "custom") of a local checkpoint file, from its
-    tensor shapes only: the file is memory-mapped, not read, so this is a quick check
-    before a run. Raises CheckpointError for an unusable file or one whose shapes are
-    not `model_type`'s; build_sam still checks every tensor when it loads."""
+    tensor shapes, and that every weight is finite: the file is memory-mapped, read
+    once, so this is a quick check before a run (about a second for vit_h). Raises
+    CheckpointError for an unusable file or one whose shapes are not `model_type`'s;
+    build_sam checks every tensor again when it loads."""
     name = os.fspath(path)
     obj = _torch_load(name.removeprefix("file://"), name, mmap=True)
     _check_is_state_dict(obj, name)
     inferred = model_type_of(_config_of(obj, name))
+    _check_finite(obj, name)
     if model_type is not None and inferred != model_type:
         raise CheckpointError(
             f"{name} does not match model_type {model_type!r}: its shapes look like {inferred!r}"

@@ -30,6 +30,7 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MASK_ID_HEX_CHARS = 32
 # Versioned apart from the schema: a new column must not change every existing mask's id.
 _MASK_ID_SALT = "maskmine.mask_id.v1"
+_MASK_ID_SALT_URI = "maskmine.mask_id.v2"  # with the image URI
 
 
 def _field(
@@ -165,12 +166,14 @@ def mask_id(
     rle_counts: str | bytes,
     crop_box: Sequence[int],
     point_coords: Sequence[Sequence[float]] | np.ndarray,
+    image_uri: str | None = None,
 ) -> str:
     """Deterministic id of a mask: sha256 of a canonical JSON string, first 32 hex chars.
 
-    Same image bytes, RLE, crop box (XYWH px) and prompt points (K, 2) -> same id, on any
-    machine and any run. Integral-valued floats in `crop_box` and numpy scalars are accepted;
-    RLE counts may be the bytes pycocotools returns.
+    Same image bytes, RLE, crop box (XYWH px) and prompt points (K, 2), and image URI
+    when given (the pipeline always gives it: the same bytes under two URIs are two
+    images) -> same id, on any machine and any run. Integral-valued floats in `crop_box`
+    and numpy scalars are accepted; RLE counts may be the bytes pycocotools returns.
     """
     if not isinstance(image_sha256, str) or not _SHA256_HEX.match(image_sha256):
         raise ValueError(f"image_sha256 must be 64 lowercase hex characters, got {image_sha256!r}")
@@ -190,9 +193,12 @@ def mask_id(
     if points.ndim != 2 or points.shape[1] != 2 or not np.all(np.isfinite(points)):
         raise ValueError(f"point_coords must be finite (K, 2) xy, got {point_coords!r}")
     # + 0.0 turns -0.0 into 0.0 so that both spell the same; floats are written by repr.
+    if image_uri is not None and not isinstance(image_uri, str):
+        raise ValueError(f"image_uri must be a str, got {type(image_uri).__name__}")
     canonical = json.dumps(
         [
-            _MASK_ID_SALT,
+            _MASK_ID_SALT if image_uri is None else _MASK_ID_SALT_URI,
+            *([] if image_uri is None else [image_uri]),
             image_sha256,
             rle_counts,
             [int(v) for v in box],

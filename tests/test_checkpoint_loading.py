@@ -160,3 +160,17 @@ def test_unknown_model_type():
         build_sam("vit_x")
     with pytest.raises(ValueError, match="needs a model_type, a checkpoint"):
         build_sam()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_and_at_startup(tiny_checkpoint, tmp_path, value):
+    # A diverged model mines empty masks with NaN scores and records its images as mined.
+    from sam_core.build import check_local_checkpoint
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["mask_decoder.iou_token.weight"][0, 0] = value
+    bad = tmp_path / "diverged.pth"
+    torch.save(state, bad)
+    for load in (lambda: build_sam(checkpoint=bad), lambda: check_local_checkpoint(bad)):
+        with pytest.raises(CheckpointError, match=r"1 tensor\(s\) hold NaN or infinite values"):
+            load()

@@ -77,6 +77,12 @@ def test_generator_flags_are_typed():
         (["--commit_every=0"], "--commit_every must be >= 1, got 0"),
         (["--commit_every=5", "--streaming", "--input=x/"], "--commit_every is for batch runs"),
         (["--commit_every=5", "--runner=DataflowRunner"], "--commit_every is for local runs"),
+        (["--run_id=../../x"], "--run_id '../../x': use 1-100 letters"),
+        (["--run_id=a/b"], "--run_id 'a/b': use 1-100 letters"),
+        (["--run_id=" + "x" * 300], "use 1-100 letters, digits"),
+        (["--run_id=-x"], "starting with a letter or digit"),
+        (["--points_per_side=100000"], "--points_per_side must be <= 1024, got 100000"),
+        (["--prompt_mode=adaptive", "--coarse_points_per_side=0"], "--coarse_points_per_side"),
     ],
 )
 def test_bad_values_stop_the_run_at_startup_naming_the_flag(flags, message, tmp_path, capsys):
@@ -165,3 +171,28 @@ def test_unusable_or_mismatched_local_checkpoint_stops_the_run_at_startup(tmp_pa
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("inside", ["out", "sub/out"])
+def test_an_output_inside_a_recursively_listed_input_is_refused(inside, tmp_path, capsys):
+    # A later run over the same folder would mine the files written there.
+    from pipeline.cli import main
+
+    (tmp_path / "in").mkdir()
+    output = tmp_path / "in" / inside
+    for spec in (str(tmp_path / "in"), f"{tmp_path}/in/**/*.png", f"{tmp_path}/in/"):
+        assert main([f"--input={spec}", f"--output={output}"]) == 2
+        err = capsys.readouterr().err
+        assert f"--output {output} is inside --input {spec}" in err
+    assert not output.exists()
+
+
+def test_an_output_beside_or_one_level_under_a_glob_is_allowed(tmp_path):
+    from pipeline.config import resolve_defaults
+
+    (tmp_path / "in").mkdir()
+    for spec, output in [
+        (str(tmp_path / "in"), tmp_path / "in-out"),  # a sibling whose name starts alike
+        (f"{tmp_path}/in/*.png", tmp_path / "in" / "out"),  # one level: never nested files
+    ]:
+        resolve_defaults(MaskMineOptions([f"--input={spec}", f"--output={output}"]))

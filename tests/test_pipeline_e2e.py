@@ -253,11 +253,11 @@ def test_parts_mine_uris_with_any_character(tmp_path):
 def test_ctrl_c_while_listing_the_parts_exits_130(tmp_path, monkeypatch, capsys):
     import pipeline.parts
 
-    def interrupted(inputs):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline.parts, "list_image_uris", interrupted)
-    args = [f"--input={tmp_path}", f"--output={tmp_path / 'out'}", "--commit_every=2"]
+    args = [f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}", "--commit_every=2"]
     assert main(["--runner=DirectRunner", *args]) == 130
     assert "maskmine: interrupted" in capsys.readouterr().err
 
@@ -339,7 +339,7 @@ def test_skip_existing_stops_when_earlier_output_cannot_be_listed(tmp_path, monk
     output = tmp_path / "out"
     (output / "images").mkdir(parents=True)
     monkeypatch.setattr(FileSystems, "match", staticmethod(refuse))
-    args = [f"--output={output}", f"--input={tmp_path}", "--skip_existing", *FAST]
+    args = [f"--output={output}", f"--input={tmp_path / 'in'}", "--skip_existing", *FAST]
     assert main(["--runner=DirectRunner", *args]) == 2
     err = capsys.readouterr().err
     assert "--skip_existing: cannot list" in err and "403" in err
@@ -355,7 +355,13 @@ def test_images_table_is_written_after_the_masks_and_embeddings(tmp_path):
     from pipeline.options import MaskMineOptions
 
     options = MaskMineOptions(
-        [f"--output={tmp_path}", f"--input={tmp_path}", "--embeddings", "--run_id=g", *FAST]
+        [
+            f"--output={tmp_path / 'out'}",
+            f"--input={tmp_path / 'in'}",
+            "--embeddings",
+            "--run_id=g",
+            *FAST,
+        ]
     )
     resolve_defaults(options)
     pipeline = beam.Pipeline(options=options)
@@ -369,3 +375,29 @@ def test_images_table_is_written_after_the_masks_and_embeddings(tmp_path):
     assert waits_for == {"WriteMasks", "WriteEmbeddings"}, waits_for
     write_images = next(t for t in transforms.values() if t.unique_name == "WriteImages")
     assert producer[next(iter(write_images.inputs.values()))] == "AfterMasks"
+
+
+def test_mask_ids_are_unique_in_a_run_with_copies_and_degenerate_images(tmp_path):
+    # The same bytes under two names are two images; a 1x1 image's three outputs per
+    # prompt are the same mask; a flat image gives near-identical masks everywhere.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(scene(3)).save(folder / "a.png")
+    (folder / "copy_of_a.png").write_bytes((folder / "a.png").read_bytes())
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "dot.png")
+    Image.new("RGB", (40, 30), (90, 90, 90)).save(folder / "flat.png")
+    output = tmp_path / "out"
+    run(
+        [
+            f"--input={folder}",
+            f"--output={output}",
+            f"--checkpoint={FIXTURES / 'sam_tiny.pth'}",
+            *FAST,
+        ]
+    )
+    masks = read_table(output, "masks").to_pylist()
+    ids = [m["mask_id"] for m in masks]
+    assert len(ids) == len(set(ids)) > 0
+    by_uri = collections.Counter(Path(m["image_uri"]).name for m in masks)
+    assert by_uri["a.png"] == by_uri["copy_of_a.png"] > 0
+    assert all(m["area"] > 0 and np.isfinite(m["stability_score"]) for m in masks)

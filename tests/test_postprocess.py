@@ -100,9 +100,18 @@ def test_dedup_of_zero_or_one_mask_and_bad_mode():
 
 def test_empty_masks_and_non_finite_scores_never_pass():
     # At stability threshold 0 the generator keeps empty masks with a 0/0 = NaN score.
-    good = {"segmentation": {}, "area": 5, "predicted_iou": 0.5, "stability_score": 0.9}
-    empty = dict(good, area=0)
-    nan_stability = dict(good, stability_score=float("nan"))
-    inf_iou = dict(good, predicted_iou=float("inf"))
+    good = record((0, 0, 3, 3))
+    empty = dict(record((5, 5, 6, 6)), area=0)
+    nan_stability = record((8, 8, 9, 9), stability=float("nan"))
+    inf_iou = record((10, 2, 12, 4), iou=float("inf"))
     out = filter_masks(image([good, empty, nan_stability, inf_iou]), QualityThresholds())
     assert out.masks == [good]
+
+
+def test_outputs_of_one_prompt_that_are_the_same_mask_are_kept_once():
+    # Same RLE, crop box and point: the same mask_id; the first (best-scored) stays.
+    first = record((0, 0, 4, 4), iou=0.9)
+    same = dict(first, predicted_iou=0.8)
+    other_point = dict(first, point_coords=[[1, 1]])
+    out = filter_masks(image([first, same, other_point]), QualityThresholds())
+    assert out.masks == [first, other_point]

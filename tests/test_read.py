@@ -7,12 +7,14 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.metrics import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from PIL import Image
 
 from transforms.read import ImageURIs
 from transforms.records import Failure
 from transforms.uris import (
+    IMAGE_EXTENSIONS,
     ManifestError,
     is_manifest,
     list_image_uris,
@@ -134,14 +136,21 @@ def test_is_manifest():
     assert not is_manifest("data/*.jpg") and not is_manifest("gs://b/dir")
 
 
-def test_text_manifest_skips_comments_and_blank_lines(tree):
+def test_text_manifest_takes_each_line_exactly_as_written(tree):
+    # No comments, no stripping: "#" and spaces are legal in file names. Empty lines
+    # (and CRLF line ends) are the only things left out.
     manifest = tree.parent / "lists" / "m.txt"
     manifest.parent.mkdir()
-    manifest.write_text("# header\n\n../imgs/a.jpg\n  ../imgs/b.png  \n\n# c.JPEG\ngs://b/x.jpg\n")
+    manifest.write_bytes(
+        b"../imgs/a.jpg\n\n#1.jpg\r\n  ../imgs/b.png \ngs://b/x.jpg\nweird\x1cname.png\n"
+    )
+    lists = tree.parent / "lists"
     assert read_manifest(str(manifest)) == [
         str(tree / "a.jpg"),
-        str(tree / "b.png"),
+        str(lists / "#1.jpg"),
+        str(lists / "  ../imgs/b.png "),
         "gs://b/x.jpg",
+        str(lists / "weird\x1cname.png"),
     ]
 
 
@@ -175,7 +184,7 @@ def test_parquet_manifest_columns(tree):
     "name,content,message",
     [
         ("missing.txt", None, "cannot read manifest .*missing.txt: file not found"),
-        ("empty.txt", b"# only a comment\n\n", "lists no URIs"),
+        ("empty.txt", b"\n\r\n\n", "lists no URIs"),
         ("empty.csv", b"", "lists no URIs"),
         ("header.csv", b"uri\n", "lists no URIs"),
         ("bad.parquet", b"PAR1 not really", "not a readable Parquet file"),
@@ -298,3 +307,35 @@ def test_outputs_index_by_name(tree, tmp_path):
     (tree / "list.txt").write_text("a.jpg\na.jpg\n./a.jpg\n")
     uris, errors = run(tmp_path, build)
     assert (uris, errors) == ([str(tree / "a.jpg")], [])
+
+
+def test_other_extensions_are_counted_and_extensionless_files_listed(tree, tmp_path, caplog):
+    # notes.txt is skipped by the extension rule, counted and logged; an object named by
+    # its hash (no extension) is listed and left to decoding to tell; every format the
+    # decoder reads is listed by its own extension.
+    Image.new("RGB", (4, 3)).save(tree / "3f9a0c", "PNG")
+    for name, fmt in [("f.gif", "GIF"), ("g.jp2", "JPEG2000"), ("h.ppm", "PPM")]:
+        Image.new("RGB", (4, 3)).save(tree / name, fmt)
+    skipped: list[str] = []
+    paths, reason = match_pattern(str(tree), IMAGE_EXTENSIONS, skipped)
+    assert reason is None
+    assert paths == images(tree, *IMAGE_NAMES, "3f9a0c", "f.gif", "g.jp2", "h.ppm")
+    assert skipped == [str(tree / "notes.txt")]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = p | ImageURIs([str(tree)])
+    counters = p.result.metrics().query(MetricsFilter().with_name("files_skipped_by_extension"))
+    assert [c.committed for c in counters["counters"]] == [1]
+    assert "1 file(s) skipped by --extensions, e.g. " + str(tree / "notes.txt") in caplog.text
+
+
+def test_extensions_flag_narrows_the_listing_and_is_checked(tree, tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.config import options_extensions
+    from pipeline.options import MaskMineOptions
+
+    options = MaskMineOptions(["--extensions=.PNG, .webp"])
+    assert options_extensions(options) == (".png", ".webp")
+    paths, _ = match_pattern(str(tree), options_extensions(options))
+    assert paths == images(tree, "b.png", "sub/d.webp")
+    assert main([f"--output={tmp_path / 'out'}", "--extensions=png"]) == 2
+    assert "--extensions 'png': give a comma-separated list" in capsys.readouterr().err

@@ -202,6 +202,15 @@ def test_mask_id_is_pinned_and_deterministic():
     )
 
 
+def test_mask_id_with_the_image_uri_tells_two_uris_of_the_same_bytes_apart():
+    args = (SHA, "PPYo0", [0, 0, 64, 48], [[10.5, 20.25]])
+    a, b = mask_id(*args, image_uri="gs://b/a.jpg"), mask_id(*args, image_uri="gs://b/copy.jpg")
+    assert a != b and mask_id(*args, image_uri="gs://b/a.jpg") == a
+    assert a != mask_id(*args)  # a URI is never the same as no URI
+    with pytest.raises(ValueError, match="image_uri must be a str"):
+        mask_id(*args, image_uri=3)
+
+
 def test_mask_id_changes_with_each_input():
     base = (SHA, "PPYo0", [0, 0, 64, 48], [[10.5, 20.25]])
     variants = [

@@ -364,9 +364,9 @@ def test_watched_folder_live_images_dropped_over_time_land_in_their_windows(tmp_
     assert not [p for p in output.rglob(".temp-*/*")]
 
 
-def interrupt_after(seconds: float) -> threading.Timer:
+def interrupt_after(seconds: float, signum: int = signal.SIGINT) -> threading.Timer:
     """Ctrl-C (SIGINT to this process, handled by the main thread) in `seconds`."""
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signum))
     timer.start()
     return timer
 
@@ -417,7 +417,9 @@ class _RunningResult:
         self.cancelled.set()
 
 
-def test_ctrl_c_cancels_a_local_streaming_job_that_runs_in_the_background():
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_cancels_a_local_streaming_job_that_runs_in_the_background(signum):
+    # SIGTERM (a scheduler or `kill` stopping the run) is handled like Ctrl-C.
     class Pipeline:
         def run(self):
             self.result = _RunningResult()
@@ -425,11 +427,13 @@ def test_ctrl_c_cancels_a_local_streaming_job_that_runs_in_the_background():
 
     pipeline = Pipeline()
     options = MaskMineOptions(["--streaming", "--input_subscription=projects/p/subscriptions/s"])
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     started = time.time()
-    interrupt_after(0.5)
+    interrupt_after(0.5, signum)
     with pytest.raises(KeyboardInterrupt):
         run_until_done(pipeline, options)
     assert pipeline.result.state == "CANCELLED" and time.time() - started < 5
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 def test_locally_pubsub_and_watched_folders_together_are_refused_at_startup(tmp_path):

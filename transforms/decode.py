@@ -34,14 +34,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .metrics import counter
 from .records import ERRORS, DecodedImage, Failure, outputs_getitem
-from .uris import read_error_reason
+from .uris import IMAGE_FORMATS, read_error_reason
 
 IMAGES = "images"
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_BYTES = 1 << 30
 # Formats Pillow may try. Fewer parsers exposed to untrusted bytes, and none that shells out
 # (EPS runs Ghostscript). Phone JPEGs with several pictures (MPO) open through "JPEG".
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
+FORMATS = IMAGE_FORMATS
 
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 _WHITE = (255, 255, 255, 255)

@@ -51,11 +51,26 @@ def is_valid_mask(mask: dict) -> bool:
     return mask["area"] > 0 and all(math.isfinite(v) for v in scores)
 
 
+def _first_time(mask: dict, seen: set[tuple]) -> bool:
+    key = (
+        mask["segmentation"]["counts"],
+        tuple(mask["crop_box"]),
+        tuple(tuple(p) for p in mask["point_coords"]),
+    )
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
 def filter_masks(image: MinedImage, thresholds: QualityThresholds) -> MinedImage:
-    """`image` with only its valid masks (`is_valid_mask`) that pass `thresholds`."""
+    """`image` with only its valid masks (`is_valid_mask`) that pass `thresholds`, each
+    distinct mask once: when outputs of one prompt are the same mask (same RLE, crop box
+    and point, hence the same mask_id), only the first, best-scored, is kept."""
     pixels = image.width * image.height
     low, high = thresholds.min_area_fraction * pixels, thresholds.max_area_fraction * pixels
     min_iou, min_stability = thresholds.min_predicted_iou, thresholds.min_stability_score
+    seen: set[tuple] = set()
     kept = [
         m
         for m in image.masks
@@ -63,6 +78,7 @@ def filter_masks(image: MinedImage, thresholds: QualityThresholds) -> MinedImage
         and (min_iou is None or m["predicted_iou"] >= min_iou)
         and (min_stability is None or m["stability_score"] >= min_stability)
         and low <= m["area"] <= high
+        and _first_time(m, seen)  # last: a duplicate counts only among the kept masks
     ]
     return dataclasses.replace(image, masks=kept)
 

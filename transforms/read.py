@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.pvalue import PBegin, PCollection, TaggedOutput
 
+from .metrics import counter
 from .records import ERRORS, Failure, outputs_getitem
 from .uris import (
     IMAGE_EXTENSIONS,
@@ -27,6 +29,7 @@ from .uris import (
 )
 
 URIS = "uris"
+_LOG = logging.getLogger(__name__)
 
 
 class ReadOutputs(NamedTuple):
@@ -41,14 +44,25 @@ class ReadOutputs(NamedTuple):
 class _MatchFn(beam.DoFn):
     def __init__(self, extensions: Sequence[str]):
         self._extensions = tuple(e.lower() for e in extensions)
+        self._skipped = counter("files_skipped_by_extension")
 
     def process(self, pattern: str) -> Iterator[str | TaggedOutput]:
+        skipped: list[str] = []
         try:
-            paths, reason = match_pattern(pattern, self._extensions)
+            paths, reason = match_pattern(pattern, self._extensions, skipped)
         except Exception as e:  # a listing error (permissions, no bucket) fails this pattern only
             paths, reason = [], f"cannot list {pattern}: {read_error_reason(e)}"
         if reason is not None:
             yield TaggedOutput(ERRORS, Failure(uri=pattern, stage="read", error=reason))
+        if skipped:
+            # Not an error (the user's --extensions chose it), but never silent.
+            self._skipped.inc(len(skipped))
+            _LOG.warning(
+                "%s: %d file(s) skipped by --extensions, e.g. %s",
+                pattern,
+                len(skipped),
+                ", ".join(skipped[:3]),
+            )
         yield from (normalize_uri(p) for p in paths)
 
 

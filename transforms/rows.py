@@ -35,7 +35,7 @@ def mask_rows(image: MinedImage, provenance: Provenance) -> list[dict]:
         rows.append(
             {
                 "mask_id": tables.mask_id(
-                    image.sha256, rle["counts"], m["crop_box"], m["point_coords"]
+                    image.sha256, rle["counts"], m["crop_box"], m["point_coords"], image.uri
                 ),
                 "image_uri": image.uri,
                 "image_sha256": image.sha256,

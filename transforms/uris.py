@@ -23,8 +23,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# The Pillow formats the decoder accepts (transforms/decode.py) and their file name
+# extensions, as this Pillow registers them. Names without an extension (content-
+# addressed buckets) are listed too: the decoder tells images from the rest by content.
+IMAGE_FORMATS = (
+    "JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "JPEG2000", "AVIF", "ICO", "TGA", "PCX"
+)  # fmt: skip
+IMAGE_EXTENSIONS = tuple(
+    sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in IMAGE_FORMATS)
+)
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
 MANIFEST_PREFIX = "manifest:"
 
@@ -36,13 +45,15 @@ class ManifestError(ValueError):
     """A manifest that cannot be read, with the reason in the message."""
 
 
-def normalize_uri(uri: str) -> str:
+def normalize_uri(uri: str, strip: bool = True) -> str:
     """Canonical spelling of a URI or pattern (see the module docstring).
 
     Transforms apply it to their inputs when built, so relative paths resolve on the launching
-    machine rather than on a worker.
+    machine rather than on a worker. strip: drop surrounding white space (flags typed on a
+    command line); manifest entries are taken exactly as written (strip=False).
     """
-    uri = uri.strip()
+    if strip:
+        uri = uri.strip()
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if _SCHEME.match(uri):
@@ -72,10 +83,13 @@ def _recursive(directory: str) -> str:
     return directory.rstrip("/") + "/**"
 
 
-def match_pattern(pattern: str, extensions: Sequence[str]) -> tuple[list[str], str | None]:
+def match_pattern(
+    pattern: str, extensions: Sequence[str], skipped: list[str] | None = None
+) -> tuple[list[str], str | None]:
     """Image paths that `pattern` names, and the reason when it names none.
 
-    A glob keeps the matches ending in one of `extensions` (case-insensitive). A directory
+    A glob keeps the matches ending in one of `extensions` (case-insensitive) or with no
+    extension (`is_image_name`); the other matches are appended to `skipped`. A directory
     (local, or a remote prefix ending in "/" or with no object of that exact name) means
     every image under it, recursively. An existing file named exactly is kept whatever its
     extension: it was asked for by name (decoding rejects it if it is not an image).
@@ -92,15 +106,17 @@ def match_pattern(pattern: str, extensions: Sequence[str]) -> tuple[list[str], s
             return [], f"{what} {pattern}"
     else:
         paths = _match(pattern)
-    suffixes = tuple(e.lower() for e in extensions)
-    images = sorted(p for p in paths if p.lower().endswith(suffixes))
+    images = sorted(p for p in paths if is_image_name(p, extensions))
+    if skipped is not None and len(images) < len(paths):
+        chosen = set(images)
+        skipped.extend(sorted(p for p in paths if p not in chosen))
     if images:
         return images, None
     if not paths:
         return [], f"no files match {pattern}"
     return [], (
         f"no image files match {pattern}: {len(paths)} file(s) matched, "
-        f"none ending in {'/'.join(extensions)}"
+        f"none ending in {'/'.join(extensions)} (see --extensions)"
     )
 
 
@@ -149,18 +165,18 @@ def location_problem(uri: str) -> str | None:
 
 
 def resolve_entry(entry: str, base_dir: str) -> str:
-    """`entry` from a manifest in `base_dir`, made absolute (relative to the manifest)."""
-    entry = entry.strip()
+    """`entry` from a manifest in `base_dir`, exactly as written (a name may begin or end
+    with spaces), made absolute (relative to the manifest)."""
     if entry.startswith("file://"):
         entry = entry[len("file://") :]
     if is_remote(entry) or os.path.isabs(entry):
-        return normalize_uri(entry)
+        return normalize_uri(entry, strip=False)
     if is_remote(base_dir):
         scheme, rest = base_dir.split("://", 1)
         bucket, _, prefix = rest.partition("/")
         # The leading "/" makes ".." stop at the bucket, as it stops at a filesystem's root.
         return f"{scheme}://{bucket}{posixpath.normpath(posixpath.join('/', prefix, entry))}"
-    return normalize_uri(os.path.join(base_dir, entry))
+    return normalize_uri(os.path.join(base_dir, entry), strip=False)
 
 
 def _base_dir(path: str) -> str:
@@ -173,8 +189,9 @@ def read_manifest(path: str, column: str | None = None) -> list[str]:
     """URIs listed in a manifest, resolved against its directory, in file order.
 
     .csv: header row; `column` (default "uri" if present, else the first column).
-    .parquet: string column `column` (default "uri"). Anything else: text, one URI a line,
-    blank lines and lines starting with "#" ignored. Empty values are skipped.
+    .parquet: string column `column` (default "uri"). Anything else: text, one URI a line
+    exactly as written (spaces and a leading "#" are part of the name: there are no
+    comments), lines ending in LF or CRLF; empty lines and empty values are skipped.
     Raises ManifestError (missing file, missing column, no URIs at all, unreadable file).
     """
     try:
@@ -188,11 +205,10 @@ def read_manifest(path: str, column: str | None = None) -> list[str]:
     elif lower.endswith((".parquet", ".pq")):
         entries = _parquet_entries(data, path, column or "uri")
     else:
-        text = _text(data, path)
-        entries = (s for s in (line.strip() for line in text.splitlines()) if s)
-        entries = (s for s in entries if not s.startswith("#"))
+        # Not splitlines(): it also splits at characters a file name may hold (\x1c, ...).
+        entries = [line.removesuffix("\r") for line in _text(data, path).split("\n")]
     base = _base_dir(path)
-    uris = [resolve_entry(e, base) for e in entries if e and e.strip()]
+    uris = [resolve_entry(e, base) for e in entries if e]
     if not uris:
         raise ManifestError(f"manifest {path} lists no URIs")
     return uris
@@ -246,7 +262,10 @@ def as_list(values: Iterable[str] | str, what: str) -> list[str]:
 
 
 def list_image_uris(
-    inputs: list[str], extensions: Sequence[str] = IMAGE_EXTENSIONS, column: str | None = None
+    inputs: list[str],
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    column: str | None = None,
+    skipped: list[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """ImageURIs on the launching machine: (sorted distinct URIs, inputs that yielded none).
 
@@ -260,7 +279,7 @@ def list_image_uris(
             if is_manifest(spec):
                 uris = read_manifest(normalize_uri(spec.removeprefix(MANIFEST_PREFIX)), column)
             else:
-                paths, reason = match_pattern(normalize_uri(spec), extensions)
+                paths, reason = match_pattern(normalize_uri(spec), extensions, skipped)
                 if reason is not None:
                     failed.append(spec)
                     continue
@@ -280,5 +299,9 @@ def watch_pattern(spec: str) -> str:
 
 
 def is_image_name(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
-    """Whether `name` ends in one of `extensions` (case-insensitive)."""
-    return name.lower().endswith(tuple(e.lower() for e in extensions))
+    """Whether `name` ends in one of `extensions` (case-insensitive), or has no extension
+    at all (content-addressed objects: decoding tells whether it is an image)."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return "." not in base.lstrip(".") or base.lower().endswith(
+        tuple(e.lower() for e in extensions)
+    )

@@ -23,7 +23,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
-from .uris import IMAGE_EXTENSIONS, as_list, normalize_uri, watch_pattern
+from .uris import IMAGE_EXTENSIONS, as_list, is_image_name, normalize_uri, watch_pattern
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,7 @@ class _PollFolderFn(beam.DoFn, RestrictionProvider):
         return sorted(
             (m.path, float(m.last_updated_in_seconds or 0.0))
             for m in matches
-            if m.path.lower().endswith(self._extensions)
+            if is_image_name(m.path, self._extensions)
         )
 
     @beam.DoFn.unbounded_per_element()
