@@ -426,9 +426,9 @@ class AutomaticMaskGenerator:
             device,
         )
         offset = self.stability_score_offset
-        # In bf16 mode the upscaling GEMMs and the passes over full-resolution logits run
-        # in bf16 too.
-        candidates = low_res[keep].to(self.predictor.decoder_dtype)
+        # float32 in both precisions: restricted to each mask's region the products are
+        # small, where bf16 saves nothing and its conversions cost time.
+        candidates = low_res[keep].float()
         # Outside its region a mask's logits are <= every threshold used below (the mask
         # at 0, the stability score's 0 +- offset), so they count nowhere.
         regions = upscaler.regions(candidates, min(0.0, -offset, offset)).tolist()
