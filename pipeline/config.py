@@ -33,6 +33,7 @@ from transforms.uris import (
     normalize_uri,
 )
 
+from .claims import RunIdTaken, claim_run_id
 from .options import (
     LocalRunOptions,
     MaskMineOptions,
@@ -278,6 +279,17 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
         )
     elif not dry_run and not is_streaming(options):
         _check_run_id_is_new(options.output, options.run_id)
+    if not dry_run and not is_streaming(options):
+        # Last, once every check has passed: a refused run leaves nothing behind.
+        try:
+            claim_run_id(options.output, options.run_id)
+        except RunIdTaken as e:
+            raise ConfigError(
+                f"--run_id {options.run_id}: another run holds that id under "
+                f"{options.output} ({e}); pick another --run_id (or leave it out)"
+            ) from e
+        except OSError as e:
+            raise ConfigError(f"--output {options.output}: cannot write there: {e}") from e
     return options
 
 

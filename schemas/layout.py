@@ -3,7 +3,8 @@
 Batch runs write ``OUTPUT/<table>/part-<run_id>-SSSSS-of-NNNNN.parquet``; streaming runs
 ``OUTPUT/<table>/part-<run_id>-<START>-<END>-<FIRING>-SSSSS-of-NNNNN.parquet`` (one set per
 window firing). Readers take ``OUTPUT/<table>/*.parquet``: Beam's temporary files and
-folders (``beam-temp-*``, ``.temp-*``) never match.
+folders (``beam-temp-*``, ``.temp-*``) never match. ``OUTPUT/_runs/<run_id>.json`` holds a
+batch run's id (pipeline/claims.py).
 
 Pure string functions: local paths and ``gs://`` URIs alike, no I/O.
 """
@@ -36,6 +37,11 @@ def glob_escape(path: str) -> str:
     """`path` as a glob pattern that matches exactly it: *, ? and [ become [*], [?], [[]
     (FileSystems.match patterns follow fnmatch)."""
     return _GLOB_SPECIAL.sub(r"[\1]", path)
+
+
+def claim_path(output: str, run_id: str) -> str:
+    """The marker a batch run creates to hold its run id (pipeline/claims.py)."""
+    return join(output, "_runs", f"{run_id}.json")
 
 
 def table_dir(output: str, table: str) -> str:
