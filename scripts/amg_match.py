@@ -57,7 +57,8 @@ def match_records(
     b = [_coco(r["segmentation"]) for r in reference]
     iou = mask_utils.iou(a, b, [0] * len(b))  # (len(ours), len(reference))
     # pycocotools gives two empty masks IoU 0; they are the same (empty) mask.
-    empty_a, empty_b = mask_utils.area(a) == 0, mask_utils.area(b) == 0
+    empty_a = np.array([r["area"] == 0 for r in ours])
+    empty_b = np.array([r["area"] == 0 for r in reference])
     iou = np.where(empty_a[:, None] & empty_b[None, :], 1.0, iou)
     score_err = np.maximum(
         _score_error(
