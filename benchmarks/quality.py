@@ -25,10 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import BUNDLED_CHECKPOINT  # noqa: E402
-
 from exports.tables import read_table  # noqa: E402
 from pipeline.cli import main as maskmine  # noqa: E402
+from pipeline.config import BUNDLED_CHECKPOINT  # noqa: E402
 from training.quality import (  # noqa: E402
     SceneScore,
     format_report,
