@@ -175,7 +175,7 @@ def options_extensions(options: MaskMineOptions) -> tuple[str, ...]:
     reads); names without an extension are always kept."""
     if not options.extensions:
         return IMAGE_EXTENSIONS
-    return tuple(e.strip().lower() for e in options.extensions.split(",") if e.strip())
+    return tuple(e.strip().lower() for e in options.extensions.split(","))
 
 
 def quality_thresholds(options: MaskMineOptions) -> QualityThresholds:
@@ -195,8 +195,8 @@ def _check_values(options: MaskMineOptions) -> None:
     if any(not i.strip() for i in options.input or []):
         raise ConfigError("--input is empty: give a folder, glob pattern or manifest")
     if options.extensions is not None:
-        wanted = [e.strip() for e in options.extensions.split(",")]
-        if not all(e.startswith(".") and len(e) > 1 for e in wanted):
+        listed = options_extensions(options) if options.extensions.strip() else ("",)
+        if not all(e.startswith(".") and len(e) > 1 for e in listed):
             raise ConfigError(
                 f"--extensions {options.extensions!r}: give a comma-separated list like "
                 f"'.jpg,.png' (default: every extension the decoder reads)"

@@ -32,7 +32,8 @@ PROMPT_MODES = ("exact", "adaptive")
 # 1024 x 1024 = 1M prompts per crop (16k decoder batches of 64): far past any use.
 MAX_POINTS_PER_SIDE = 1024
 _EDGE_TOLERANCE_PX = 20.0
-# Full-resolution float32 logits held at once while scoring masks (bytes).
+# Bounds the full-resolution masks held at once while scoring them: a chunk holds as many
+# masks as this budget holds float32 maps of the crop (bytes).
 _LOGIT_BUDGET_BYTES = 64 << 20
 
 
@@ -216,7 +217,6 @@ class AutomaticMaskGenerator:
                 f"needs {crop_n_layers + 1}"
             )
         self.predictor = SamPredictor(model, precision)
-        self.precision = self.predictor.precision
         self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -239,9 +239,15 @@ class AutomaticMaskGenerator:
                 else max(1, round(np.sqrt(len(grid))) // 4)
             )
             for layer, grid in enumerate(self.point_grids)
+            if prompt_mode == "adaptive"
         ]
         # Point prompts decoded per image by the last generate_batch call.
         self.prompts_decoded: list[int] = []
+
+    @property
+    def precision(self) -> str:
+        """The precision the predictor runs in ("auto" resolved)."""
+        return self.predictor.precision
 
     def generate(self, image: np.ndarray) -> list[dict]:
         """Masks of one (H, W, 3) uint8 RGB image, as records (see `generate_batch`)."""
@@ -439,21 +445,17 @@ class AutomaticMaskGenerator:
             # Masks are held transposed, (n, W, H): already in the column-major order
             # pycocotools encodes.
             masks_t = torch.zeros((n, crop_w, crop_h), dtype=torch.bool, device=device)
-            above_hi = torch.zeros(n, dtype=torch.int64, device=device)
-            above_lo = torch.zeros(n, dtype=torch.int64, device=device)
+            score = torch.full((n,), float("nan"), device=device)
             nonempty = torch.zeros(n, dtype=torch.bool, device=device)
             for j in range(n):
                 y0, y1, x0, x1 = regions[start + j]
                 if y0 > y1 or x0 > x1:
                     continue  # nothing above -offset: stability 0 / 0, an empty mask
                 block = upscaler.block_t(candidates[start + j], regions[start + j])
-                above_hi[j] = (block > offset).sum()
-                above_lo[j] = (block > -offset).sum()
+                score[j] = mask_ops.calculate_stability_score(block, 0.0, offset)
                 mask = block > 0.0
                 masks_t[j, x0 : x1 + 1, y0 : y1 + 1] = mask
                 nonempty[j] = mask.any()
-            # IoU of the masks at 0 +- offset (the outer one contains the inner one).
-            score = above_hi.float() / above_lo.float()
             if self.stability_score_thresh > 0.0:
                 stable = score >= self.stability_score_thresh
                 idx, score, masks_t = idx[stable], score[stable], masks_t[stable]
@@ -466,7 +468,8 @@ class AutomaticMaskGenerator:
             )
             inside_list = inside.tolist()
             if probe is not None and inside.any():
-                hits = masks_t[inside.to(device)][:, probe_x, probe_y].any(0)
+                # The probe pixels first: selecting whole masks first would copy them.
+                hits = masks_t[:, probe_x, probe_y][inside.to(device)].any(0)
                 covered |= hits.cpu()
             if whole_image:
                 rles.extend(r for r, ok in zip(crop_rles, inside_list) if ok)
