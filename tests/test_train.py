@@ -3,28 +3,36 @@ and the committed synthetic checkpoint against random weights."""
 
 import dataclasses
 import math
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import sam_core.precision
 from sam_core import SamConfig, build_sam, config_from_state_dict, save_state_dict
 from sam_core.preprocess import normalize_and_pad
 from sam_core.sam import Sam
+from training import train as train_module
 from training.evaluate import best_ious, evaluate_points, held_out_scenes, innermost_point
 from training.train import (
     TrainConfig,
+    choose_precision,
     corrective_points,
     dice_loss,
     focal_loss,
     image_signal,
+    load_training_state,
+    main,
     mask_iou,
     mask_loss,
     new_model,
     noisy_box,
     sample_batch,
+    save_training_state,
     select_best,
+    state_path,
     train,
     train_step,
 )
@@ -46,7 +54,16 @@ TINY = SamConfig(
     iou_head_hidden_dim=32,
 )
 TINY_TRAIN = TrainConfig(
-    batch_images=2, prompts_per_image=4, rounds=2, loss_size=32, bf16=False, lr=3e-3, threads=1
+    batch_images=2,
+    prompts_per_image=4,
+    rounds=2,
+    loss_size=32,
+    precision="fp32",
+    lr=3e-3,
+    threads=1,
+    warmup_steps=2,
+    log_every=2,
+    total_steps=8,
 )
 
 
@@ -187,8 +204,7 @@ def test_decoder_under_autograd_equals_the_inference_path():
 
 
 def test_trained_checkpoint_has_official_keys_and_loads(tmp_path):
-    cfg = dataclasses.replace(TINY_TRAIN, minutes=5.0, warmup_steps=2)
-    model, _ = train(TINY, cfg, max_steps=2, log=lambda _: None)
+    model = train(TINY, TINY_TRAIN, max_steps=2, log=lambda _: None).model
     path = tmp_path / "tiny.pth"
     sha256 = save_state_dict(model, path)
     state_dict = torch.load(path, weights_only=True)
@@ -248,3 +264,189 @@ def test_committed_encoder_output_depends_on_the_image():
     with torch.no_grad():
         embeddings = model.image_encoder(normalize_and_pad(images, model.image_size))
     assert image_signal(embeddings) > 0.3  # committed model (lr 7e-4, patch 8): 0.54
+
+
+# ---------------------------------------------------------------- precision, resume, device
+
+
+def _fake_cpu_flags(monkeypatch, flags: set[str]) -> None:
+    # fast_bf16 looks cpu_flags up at call time: faking it fakes the CPU.
+    monkeypatch.setattr(sam_core.precision, "cpu_flags", lambda: frozenset(flags))
+
+
+def test_precision_follows_the_cpus_bf16_capability(monkeypatch):
+    cpu = torch.device("cpu")
+    _fake_cpu_flags(monkeypatch, {"avx2", "fma"})
+    assert choose_precision("auto", cpu)[0] == "fp32"
+    with pytest.warns(UserWarning, match="training will be slow"):
+        assert choose_precision("bf16", cpu)[0] == "bf16"
+    _fake_cpu_flags(monkeypatch, {"avx2", "amx_bf16"})
+    assert choose_precision("auto", cpu)[0] == "bf16"
+    assert choose_precision("fp32", cpu)[0] == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        choose_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx2"}, "fp32"), ({"avx512_bf16"}, "bf16")])
+def test_training_runs_in_the_precision_the_cpu_makes_fast(monkeypatch, flags, expected):
+    _fake_cpu_flags(monkeypatch, flags)
+    lines: list[str] = []
+    cfg = dataclasses.replace(TINY_TRAIN, precision="auto")
+    result = train(TINY, cfg, max_steps=1, log=lines.append)
+    assert lines[0].startswith(f"precision {expected} (auto: ")
+    assert result.state["runs"][0]["precision"] == expected
+    # bf16 autocast is really used there: the encoder output is bfloat16 under it.
+    batch = sample_batch(np.random.default_rng(0), cfg, TINY.image_size)
+    with train_module._autocast(expected, torch.device("cpu")):
+        out = result.model.image_encoder(batch.images)
+    assert out.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+
+
+def _same_params(a: Sam, b: Sam) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_resume_continues_exactly_as_one_uninterrupted_run(tmp_path):
+    # 8 steps straight against 3 + 5 resumed through a state file (fp32, fixed seeds,
+    # a step-based schedule): the same weights bit for bit, the same log, LR and RNG.
+    straight = train(TINY, TINY_TRAIN, log=lambda _: None)
+    first = train(TINY, TINY_TRAIN, max_steps=3, log=lambda _: None)
+    assert first.stopped == "max_steps" and first.state["step"] == 3
+    path = tmp_path / "part.pth.state.pt"
+    save_training_state(first.state, path)
+    resumed_state = load_training_state(path)
+    lines: list[str] = []
+    second = train(TINY, TINY_TRAIN, log=lines.append, resume=resumed_state)
+    assert second.stopped == "budget" and second.state["step"] == straight.state["step"] == 8
+    _same_params(second.model, straight.model)
+    assert [h["lr"] for h in second.history] == [h["lr"] for h in straight.history]
+    for a, b in zip(second.history, straight.history):
+        assert a["step"] == b["step"] and a["loss"] == b["loss"], (a, b)
+    assert torch.equal(second.state["generator"], straight.state["generator"])
+    # Moments too, not only the weights: a third run would continue the same way.
+    opt_a, opt_b = second.state["optimizer"]["state"], straight.state["optimizer"]["state"]
+    assert all(torch.equal(opt_a[k]["exp_avg_sq"], opt_b[k]["exp_avg_sq"]) for k in opt_b)
+    # The budget is summed over both runs and said in the log.
+    runs = second.state["runs"]
+    assert [(r["first_step"], r["steps"]) for r in runs] == [(0, 3), (3, 5)]
+    assert second.state["seconds"] == pytest.approx(sum(r["seconds"] for r in runs))
+    assert second.state["seconds"] > first.state["seconds"]
+    assert "resumed at step 3" in lines[1]
+    assert lines[-1].startswith("stopped (budget) at step 8; budget spent: 8 steps")
+    assert "over 2 run(s)" in lines[-1]
+
+
+def test_without_the_resume_state_the_run_is_not_the_same(tmp_path):
+    # The check above can fail: resuming with only the weights (fresh optimiser) differs.
+    straight = train(TINY, TINY_TRAIN, log=lambda _: None)
+    first = train(TINY, TINY_TRAIN, max_steps=3, log=lambda _: None)
+    weights_only = train(
+        TINY, TINY_TRAIN, max_steps=5, log=lambda _: None, init=(first.model.state_dict(), "part")
+    )
+    diff = [
+        not torch.equal(x, y)
+        for x, y in zip(
+            weights_only.model.state_dict().values(), straight.model.state_dict().values()
+        )
+    ]
+    assert any(diff)
+
+
+def test_a_stop_request_ends_the_run_with_a_resumable_state():
+    calls = iter(range(100))
+    result = train(TINY, TINY_TRAIN, log=lambda _: None, should_stop=lambda: next(calls) >= 2)
+    assert result.stopped == "signal" and result.state["step"] == 2
+    again = train(TINY, TINY_TRAIN, log=lambda _: None, resume=result.state)
+    assert again.state["step"] == 8 and again.state["runs"][-1]["first_step"] == 2
+
+
+def test_a_session_limit_stops_a_run_inside_its_budget():
+    cfg = dataclasses.replace(TINY_TRAIN, total_steps=0, minutes=60.0)
+    result = train(TINY, cfg, log=lambda _: None, session_minutes=0.0)
+    assert result.stopped == "session" and result.state["step"] == 0
+
+
+CLI_FLAGS = [
+    "--patch-size=16",
+    "--embed-dim=32",
+    "--depth=3",
+    "--batch-images=2",
+    "--prompts-per-image=2",
+    "--loss-size=64",
+    "--precision=fp32",
+    "--threads=1",
+    "--total-steps=3",
+    "--log-every=1",
+    "--device=cpu",
+]
+
+
+def test_cli_resume_writes_a_plain_model_and_a_state_beside_it(tmp_path, capsys):
+    out = tmp_path / "run.pth"
+    assert main(["--out", str(out), *CLI_FLAGS, "--max-steps=1"]) == 0
+    assert state_path(out).is_file()
+    state_dict = torch.load(out, weights_only=True)
+    assert list(state_dict) == list(Sam(config_from_state_dict(state_dict)).state_dict())
+    assert main(["--resume", str(out), "--precision=fp32"]) == 0
+    log = capsys.readouterr().out
+    assert "resumed at step 1" in log
+    assert "stopped (budget) at step 3; budget spent: 3 steps" in log
+    assert load_training_state(out)["step"] == 3
+    assert build_sam(checkpoint=out).config.patch_size == 16
+    # Bad input: another recipe, a model without state, a state that is not one.
+    assert main(["--resume", str(out), "--lr=0.1"]) == 2
+    assert "cannot change lr" in capsys.readouterr().out
+    plain = tmp_path / "plain.pth"
+    plain.write_bytes(out.read_bytes())
+    assert main(["--resume", str(plain)]) == 2
+    assert "has no training state" in capsys.readouterr().out
+    state_path(plain).write_bytes(b"not a state")
+    assert main(["--resume", str(plain)]) == 2
+    assert "is not a training state" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--resume", str(out), "--init", str(out)])  # exclusive
+
+
+def test_cli_init_starts_a_new_run_from_a_models_weights(tmp_path, capsys):
+    out = tmp_path / "run.pth"
+    assert main(["--out", str(out), *CLI_FLAGS, "--max-steps=1"]) == 0
+    tuned = tmp_path / "tuned.pth"
+    assert main(["--out", str(tuned), "--init", str(out), *CLI_FLAGS[4:], "--max-steps=1"]) == 0
+    state = load_training_state(tuned)
+    assert state["step"] == 1 and state["init"].startswith(f"{out} sha256 ")
+    assert f"weights from {out}" in capsys.readouterr().out
+
+
+def test_batches_move_to_a_device_whole():
+    batch = sample_batch(np.random.default_rng(0), TINY_TRAIN, TINY.image_size)
+    assert batch.to(torch.device("cpu")) is batch
+    moved = batch.to(torch.device("meta"))  # a device every machine has
+    assert moved.images.is_meta
+    for group in moved.groups:
+        assert group.image_index.is_meta and group.targets.is_meta and group.coords.is_meta
+        assert group.boxes is None or group.boxes.is_meta
+
+
+def test_corrective_points_are_the_same_stream_on_any_device():
+    targets = (torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    predictions = torch.zeros(4, 8, 8, dtype=torch.bool)
+    a = corrective_points(predictions, targets, torch.Generator().manual_seed(0))
+    b = corrective_points(predictions, targets, torch.Generator().manual_seed(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].device == targets.device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_training_runs_on_cuda_and_resumes_there():
+    first = train(TINY, TINY_TRAIN, max_steps=2, log=lambda _: None, device="cuda")
+    assert first.state["runs"][0]["device"].startswith("cuda")
+    assert next(first.model.parameters()).device.type == "cpu"  # the shipped model
+    second = train(TINY, TINY_TRAIN, log=lambda _: None, device="cuda", resume=first.state)
+    assert second.state["step"] == 8 and math.isfinite(second.history[-1]["loss"])
+
+
+def test_signal_handlers_are_put_back_after_a_cli_run(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--out", str(tmp_path / "m.pth"), *CLI_FLAGS, "--max-steps=1"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -6,11 +6,19 @@ three masks, the loss flows through the best one), a few points, or noisy boxes
 prediction, with the previous low-res logits fed back as the mask prompt. Mask
 loss 20 x focal + 1 x dice, computed on logits upsampled to the image size the
 same way inference does; IoU head trained with MSE to the actual IoU of the
-thresholded mask. AdamW, linear warm-up then cosine decay over the wall-clock
-budget, gradient clipping, bf16 autocast with float32 master weights.
+thresholded mask. AdamW, linear warm-up then cosine decay over the budget (wall-clock
+minutes, or --total-steps), gradient clipping; bf16 autocast with float32 master
+weights where bf16 is fast (sam_core.precision), fp32 elsewhere.
 
 Usage:
     python -m training.train --out sam_core/weights/sam_synthetic.pth --minutes 25 --seed 0
+    python -m training.train --out run.pth --minutes 240 --session-minutes 30   # part 1
+    python -m training.train --resume run.pth --session-minutes 30              # part 2, ...
+    python -m training.train --out ft.pth --init sam_core/weights/sam_synthetic.pth ...
+
+The model file stays a plain official-key state dict; everything needed to continue
+(optimiser, schedule position, RNG state, budget spent) goes beside it into
+`<out>.state.pt`, rewritten at the end of each run and on SIGTERM / Ctrl-C.
 
 Scenes are drawn with seeds in [0, scenes.EVAL_SEED_START); evaluation uses seeds
 from EVAL_SEED_START on.
@@ -21,10 +29,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import itertools
 import math
+import signal
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +47,7 @@ from torch import nn
 from sam_core.allocator import keep_freed_memory
 from sam_core.build import save_state_dict
 from sam_core.config import SamConfig
+from sam_core.precision import PRECISIONS, fast_bf16, resolve_precision
 from sam_core.preprocess import normalize_and_pad
 from sam_core.sam import Sam
 from sam_core.transformer import Attention as TwoWayAttention
@@ -80,7 +94,11 @@ _NO_DECAY = (
 class TrainConfig:
     """Training hyper-parameters (see the module docstring for the recipe)."""
 
+    # The schedule's budget: the cosine decays over this many wall-clock minutes of
+    # training, summed over resumed runs, unless total_steps is set (then over steps,
+    # which makes the schedule reproducible).
     minutes: float = 25.0
+    total_steps: int = 0
     seed: int = 0
     # 4, not 8: in 10-minute probes (seed 0, 10 held-out scenes) 4 images per step
     # (450 steps) gave mean best IoU 0.423 and point mIoU 0.347, against 0.367 / 0.312
@@ -104,7 +122,9 @@ class TrainConfig:
     warmup_steps: int = 25
     min_lr_ratio: float = 0.05
     clip_norm: float = 1.0
-    bf16: bool = True
+    # auto: bf16 autocast only where it is fast (AMX / AVX512-BF16 CPUs, CUDA sm80+); on
+    # an AVX2 CPU bf16 is emulated and many times slower than fp32.
+    precision: str = "auto"
     log_every: int = 50
     threads: int = 2  # at most; see ThreadTuner
 
@@ -178,6 +198,23 @@ class Batch:
 
     images: torch.Tensor
     groups: list[PromptGroup]
+
+    def to(self, device: torch.device) -> Batch:
+        """The batch with every tensor on `device` (a no-op on the CPU)."""
+        if device.type == "cpu":
+            return self
+
+        def move(group: PromptGroup) -> PromptGroup:
+            return dataclasses.replace(
+                group,
+                **{
+                    f.name: getattr(group, f.name).to(device)
+                    for f in dataclasses.fields(group)
+                    if isinstance(getattr(group, f.name), torch.Tensor)
+                },
+            )
+
+        return Batch(self.images.to(device), [move(g) for g in self.groups])
 
 
 def _random_pixel(rng: np.random.Generator, region: np.ndarray) -> tuple[int, int] | None:
@@ -290,10 +327,12 @@ def corrective_points(
     p, h, w = targets.shape
     error = (predictions != (targets > 0.5)).reshape(p, -1)
     # argmax of uniform scores restricted to the error region = a uniform error cell.
-    scores = torch.rand(p, h * w, generator=generator) * error
+    # Drawn from the CPU generator and then moved: the same stream on every device.
+    device = targets.device
+    scores = torch.rand(p, h * w, generator=generator).to(device) * error
     index = scores.argmax(dim=1)
     cell = torch.stack([index % w, index // w], dim=1)
-    offset = torch.randint(scale, (p, 2), generator=generator)
+    offset = torch.randint(scale, (p, 2), generator=generator).to(device)
     xy = (cell * scale + offset).float()
     labels = targets.reshape(p, -1).gather(1, index[:, None]).squeeze(1).long()
     labels = torch.where(error.any(dim=1), labels, torch.full_like(labels, LABEL_PAD))
@@ -338,10 +377,11 @@ def _tie_query_key(attention: TwoWayAttention, gain: float = DECODER_QK_GAIN) ->
         attention.k_proj.weight.copy_(weight)
 
 
-def _autocast(enabled: bool) -> contextlib.AbstractContextManager:
-    if not enabled:
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` for precision "bf16", nothing for "fp32"."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def decode(
@@ -386,10 +426,19 @@ def image_signal(embeddings: torch.Tensor) -> float:
 
 
 def train_step(
-    model: Sam, batch: Batch, cfg: TrainConfig, generator: torch.Generator
+    model: Sam,
+    batch: Batch,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch over all prompt rounds (not yet backpropagated) and stats."""
-    with _autocast(cfg.bf16):
+    """Loss of one batch over all prompt rounds (not yet backpropagated) and stats.
+
+    precision: "fp32" or "bf16" (autocast on the batch's device); already resolved.
+    `generator` is a CPU generator (corrective points), whatever the device.
+    """
+    device = batch.images.device
+    with _autocast(precision, device):
         embeddings = model.image_encoder(batch.images)
     groups = [dataclasses.replace(g) for g in batch.groups]
     total_prompts = sum(len(g.image_index) for g in groups)
@@ -398,7 +447,7 @@ def train_step(
     for r in range(cfg.rounds):
         round_iou = 0.0
         for i, group in enumerate(groups):
-            with _autocast(cfg.bf16):
+            with _autocast(precision, device):
                 low_res, iou_pred = decode(model, embeddings, group, group.multimask and r == 0)
             m_loss, i_loss, best, iou = _group_losses(low_res, iou_pred, group.targets)
             mask_sum = mask_sum + m_loss.sum()
@@ -459,14 +508,15 @@ def make_optimizer(model: Sam, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def _batches(cfg: TrainConfig, image_size: int) -> Iterator[Batch]:
-    """Batches for steps 0, 1, ... made when asked for.
+def _batches(cfg: TrainConfig, image_size: int, start: int = 0) -> Iterator[Batch]:
+    """Batches for steps start, start + 1, ... made when asked for.
 
-    Not prefetched in a helper thread: scene generation is Python-heavy, and its
-    0.17 s per batch, competing for the GIL and a core with the step, made a
-    patch-8 step 0.9 s slower (2.9 s against 2.0 s, 2 threads).
+    Step k's batch depends only on (seed, k), so a resumed run sees the same data as
+    an uninterrupted one. Not prefetched in a helper thread: scene generation is
+    Python-heavy, and its 0.17 s per batch, competing for the GIL and a core with the
+    step, made a patch-8 step 0.9 s slower (2.9 s against 2.0 s, 2 threads).
     """
-    for step in itertools.count():
+    for step in itertools.count(start):
         yield sample_batch(np.random.default_rng([cfg.seed, step]), cfg, image_size)
 
 
@@ -497,46 +547,228 @@ class ThreadTuner:
             self.best = min(self.mean, key=self.mean.get)
 
 
-def train(
-    config: SamConfig, cfg: TrainConfig, max_steps: int | None = None, log=print
-) -> tuple[Sam, list[dict[str, float]]]:
-    """Train a new model until the wall-clock budget (or max_steps) is used up.
+STATE_SUFFIX = ".state.pt"
+STATE_FORMAT = 1
+# Recipe fields a resumed run may change: the budget and how the run is executed.
+# Everything else would silently make it a different run than the one it continues.
+RESUMABLE_OVERRIDES = frozenset({"minutes", "total_steps", "precision", "threads", "log_every"})
 
-    Returns the model (eval mode) and the logged stats, one dict per log line.
+
+def state_path(model_path: str | Path) -> Path:
+    """The training-state file beside a model file: `<model>.state.pt`."""
+    return Path(f"{model_path}{STATE_SUFFIX}")
+
+
+@dataclasses.dataclass
+class Trained:
+    """What `train` returns: the model (eval mode, on the CPU), the logged stats (one
+    dict per log line, all runs), the state to continue from (save_training_state) and
+    why it stopped ("budget", "max_steps", "session", "signal")."""
+
+    model: Sam
+    history: list[dict[str, float]]
+    state: dict[str, Any]
+    stopped: str
+
+
+def save_training_state(state: dict[str, Any], path: str | Path) -> None:
+    """Write a training state atomically (a kill while writing leaves the old file)."""
+    tmp = Path(f"{path}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """The training state of a model file (or the state file itself), checked.
+
+    Raises ValueError when there is none or it is not one of this trainer's states.
+    """
+    path = Path(path)
+    file = path if path.name.endswith(STATE_SUFFIX) else state_path(path)
+    if not file.is_file():
+        raise ValueError(
+            f"{path} has no training state ({file} is missing): only runs of this trainer "
+            f"can be resumed; use --init to start a new run from a model's weights"
+        )
+    try:
+        state = torch.load(file, weights_only=True, map_location="cpu")
+    except Exception as e:  # truncated or foreign files
+        raise ValueError(f"{file} is not a training state: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{file} is not a training state of format {STATE_FORMAT}")
+    return state
+
+
+def budget_line(state: dict[str, Any]) -> str:
+    """The total budget spent, in words: steps, hours of wall time and runs."""
+    seconds = float(state["seconds"])
+    return (
+        f"budget spent: {state['step']} steps, {seconds:.0f} s ({seconds / 3600:.2f} h) "
+        f"of training wall time over {len(state['runs'])} run(s)"
+    )
+
+
+def train(
+    config: SamConfig,
+    cfg: TrainConfig,
+    max_steps: int | None = None,
+    log: Callable[[str], None] = print,
+    *,
+    device: str | torch.device = "cpu",
+    resume: dict[str, Any] | None = None,
+    init: tuple[dict[str, torch.Tensor], str] | None = None,
+    session_minutes: float | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_minutes: float = 10.0,
+) -> Trained:
+    """Train until the budget (cfg.minutes of wall time or cfg.total_steps, summed over
+    resumed runs), `max_steps` (total, all runs), `session_minutes` of this run or
+    `should_stop()` says stop, whichever comes first.
+
+    resume: a state from load_training_state (model, optimiser, schedule position,
+    RNG); cfg must then be its recipe. init: (state dict, name) of weights to start
+    a new run from. checkpoint(state) is called every `checkpoint_minutes`.
     """
     threads_before = torch.get_num_threads()
     try:
-        return _train(config, cfg, max_steps, log)
+        return _train(
+            config,
+            cfg,
+            max_steps,
+            log,
+            torch.device(device),
+            resume,
+            init,
+            session_minutes,
+            should_stop,
+            checkpoint,
+            checkpoint_minutes,
+        )
     finally:
         torch.set_num_threads(threads_before)
 
 
+def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """(fp32 or bf16, why) for `requested` (auto, fp32, bf16) on `device`; warns when
+    bf16 is asked for where it is emulated (many times slower than fp32)."""
+    fast, reason = fast_bf16(device)
+    precision = resolve_precision(requested, device)
+    if precision == "bf16" and not fast:
+        warnings.warn(f"bf16 requested, but {reason}: training will be slow", stacklevel=3)
+    return precision, f"{requested}: {reason}"
+
+
 def _train(
-    config: SamConfig, cfg: TrainConfig, max_steps: int | None, log
-) -> tuple[Sam, list[dict[str, float]]]:
+    config: SamConfig,
+    cfg: TrainConfig,
+    max_steps: int | None,
+    log: Callable[[str], None],
+    device: torch.device,
+    resume: dict[str, Any] | None,
+    init: tuple[dict[str, torch.Tensor], str] | None,
+    session_minutes: float | None,
+    should_stop: Callable[[], bool],
+    checkpoint: Callable[[dict[str, Any]], None] | None,
+    checkpoint_minutes: float,
+) -> Trained:
     # Each step allocates and frees tensors of tens of MB (attention scores, saved
     # activations); reusing freed blocks instead of faulting in fresh pages made a
     # patch-8 encoder step 2x faster here.
     keep_freed_memory()
+    precision, why = choose_precision(cfg.precision, device)
+    log(f"precision {precision} ({why}); device {device}")
     tuner = ThreadTuner(cfg.threads)
     model = new_model(config, cfg.seed)
-    optimizer = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
+    if init is not None and resume is not None:
+        raise ValueError("init and resume exclude each other")
+    if init is not None:
+        model.load_state_dict(init[0])
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    state: dict[str, Any] = {
+        "step": 0,
+        "seconds": 0.0,
+        "step_time": 0.0,
+        "runs": [],
+        "history": [],
+        # Steps since the last log line: a resumed run's first line then averages the
+        # same steps as an uninterrupted run's.
+        "window": [],
+        "init": init[1] if init else "",
+    }
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        state.update({k: resume[k] for k in state})
+        log(f"resumed at step {state['step']}; {budget_line(state)}")
+    elif init is not None:
+        log(f"weights from {init[1]}")
+    run = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "first_step": state["step"],
+        "steps": 0,
+        "seconds": 0.0,
+        "precision": precision,
+        "device": str(device),
+        "stopped": "",
+    }
+    state["runs"] = [*state["runs"], run]
     budget = cfg.minutes * 60.0
+    session = math.inf if session_minutes is None else session_minutes * 60.0
+    prior_seconds, step_time = float(state["seconds"]), float(state["step_time"])
+    history: list[dict[str, float]] = list(state["history"])
+    window: list[dict[str, float]] = list(state["window"])
     start = time.perf_counter()
-    history: list[dict[str, float]] = []
-    window: list[dict[str, float]] = []
-    step_time = 0.0
-    for step, batch in enumerate(_batches(cfg, config.image_size)):
+    last_checkpoint = start
+
+    def snapshot() -> dict[str, Any]:
+        now = time.perf_counter() - start
+        run.update(steps=step - run["first_step"], seconds=now)
+        state.update(step=step, seconds=prior_seconds + now, step_time=step_time)
+        return {
+            "format": STATE_FORMAT,
+            "sam_config": dataclasses.asdict(config),
+            "train_config": dataclasses.asdict(cfg),
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            **state,
+            "runs": [dict(r) for r in state["runs"]],
+            "history": list(history),
+            "window": [dict(w) for w in window],
+        }
+
+    step = int(state["step"])
+    stopped = "budget"
+    for batch in _batches(cfg, config.image_size, start=step):
         elapsed = time.perf_counter() - start
-        if (max_steps is not None and step >= max_steps) or elapsed + step_time > budget:
+        total = prior_seconds + elapsed
+        if cfg.total_steps and step >= cfg.total_steps:
+            break
+        if not cfg.total_steps and total + step_time > budget:
+            break
+        if max_steps is not None and step >= max_steps:
+            stopped = "max_steps"
+            break
+        if elapsed + step_time > session:
+            stopped = "session"
+            break
+        if should_stop():
+            stopped = "signal"
             break
         threads = tuner.threads_for(step)
         torch.set_num_threads(threads)
-        lr = learning_rate(cfg, step, elapsed / budget)
+        progress = step / cfg.total_steps if cfg.total_steps else total / budget
+        lr = learning_rate(cfg, step, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, stats = train_step(model, batch, cfg, generator)
+        loss, stats = train_step(model, batch.to(device), cfg, generator, precision)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -544,23 +776,26 @@ def _train(
         seconds = time.perf_counter() - start - elapsed
         tuner.record(threads, seconds)
         step_time = 0.9 * step_time + 0.1 * seconds
+        step += 1
         window.append(
-            {
-                "loss": float(loss.detach()),
-                "grad_norm": float(grad_norm),
-                "threads": threads,
-                **stats,
-            }
+            {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "threads": threads}
+            | stats
         )
-        if (step + 1) % cfg.log_every == 0:
+        if step % cfg.log_every == 0:
             mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            mean.update(step=step + 1, seconds=time.perf_counter() - start, lr=lr)
+            mean.update(step=step, seconds=prior_seconds + time.perf_counter() - start, lr=lr)
             history.append(mean)
             window = []
             log(_format_log(mean))
-    model.eval()
+        if checkpoint and time.perf_counter() - last_checkpoint > checkpoint_minutes * 60:
+            checkpoint(snapshot())
+            last_checkpoint = time.perf_counter()
+    run["stopped"] = stopped
+    final = snapshot()
+    log(f"stopped ({stopped}) at step {step}; {budget_line(final)}")
+    model.cpu().eval()
     model.requires_grad_(False)
-    return model, history
+    return Trained(model, history, final, stopped)
 
 
 def _format_log(stats: dict[str, float]) -> str:
@@ -575,50 +810,158 @@ def _format_log(stats: dict[str, float]) -> str:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output state dict (.pth)")
+    parser.add_argument("--out", help="output state dict (.pth); default: --resume's file")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="continue the run that wrote CHECKPOINT (its CHECKPOINT.state.pt): same "
+        "recipe, optimiser, schedule and data stream; only the budget, precision, threads "
+        "and log interval may be given anew",
+    )
+    start.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start a new run (fresh optimiser and schedule) from CHECKPOINT's weights",
+    )
+    # SUPPRESS: only flags given on the command line appear in the namespace, so a
+    # resumed run can tell an explicit recipe change from a default.
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         value = getattr(defaults, field.name)
         if isinstance(value, tuple):
             continue
         flag = "--" + field.name.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        if field.name == "precision":
+            parser.add_argument(
+                flag,
+                choices=("auto", *PRECISIONS),
+                default=argparse.SUPPRESS,
+                help="auto (default): bf16 only where it is fast (sam_core.precision)",
+            )
         else:
-            parser.add_argument(flag, type=type(value), default=value)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--patch-size", type=int, default=SYNTHETIC_CONFIG.patch_size)
-    parser.add_argument("--embed-dim", type=int, default=SYNTHETIC_CONFIG.encoder_embed_dim)
-    parser.add_argument("--depth", type=int, default=SYNTHETIC_CONFIG.encoder_depth)
-    return parser.parse_args(argv)
+            parser.add_argument(flag, type=type(value), default=argparse.SUPPRESS)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    parser.add_argument("--max-steps", type=int, default=None, help="total steps, all runs")
+    parser.add_argument(
+        "--session-minutes",
+        type=float,
+        default=None,
+        help="stop this run after so many minutes, saving its state (the budget stays)",
+    )
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--patch-size", type=int, default=None)
+    parser.add_argument("--embed-dim", type=int, default=None)
+    parser.add_argument("--depth", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.out is None and args.resume is None:
+        parser.error("--out is required (except with --resume)")
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> SamConfig:
     """SYNTHETIC_CONFIG with the encoder overrides given on the command line."""
-    depth = args.depth
+    patch = args.patch_size or SYNTHETIC_CONFIG.patch_size
+    dim = args.embed_dim or SYNTHETIC_CONFIG.encoder_embed_dim
+    depth = args.depth or SYNTHETIC_CONFIG.encoder_depth
     # Global attention in every third block, ending with one (as the official models).
     global_idx = tuple(range(depth - 1, -1, -3))[::-1]
     return dataclasses.replace(
         SYNTHETIC_CONFIG,
-        patch_size=args.patch_size,
-        encoder_embed_dim=args.embed_dim,
+        patch_size=patch,
+        encoder_embed_dim=dim,
         encoder_depth=depth,
-        encoder_num_heads=max(1, args.embed_dim // 32),
+        encoder_num_heads=max(1, dim // 32),
         encoder_global_attn_indexes=global_idx,
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def resumed_config(state: dict[str, Any], given: dict[str, Any]) -> TrainConfig:
+    """The saved recipe with the allowed overrides `given`; ValueError for others."""
+    saved = dict(state["train_config"])
+    saved["kind_probs"] = tuple(saved["kind_probs"])
+    changed = sorted(k for k, v in given.items() if k not in RESUMABLE_OVERRIDES and saved[k] != v)
+    if changed:
+        raise ValueError(
+            f"a resumed run keeps its recipe; cannot change {', '.join(changed)} "
+            f"(allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))})"
+        )
+    return TrainConfig(**(saved | given))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device (a CPU build of torch?)")
+    return device
+
+
+def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    config = config_from_args(args)
+    given = {k: v for k, v in vars(args).items() if k in names}
+    resume = init = None
+    try:
+        if args.resume:
+            resume = load_training_state(args.resume)
+            if any(getattr(args, a) is not None for a in ("patch_size", "embed_dim", "depth")):
+                raise ValueError("a resumed run keeps its model config")
+            cfg = resumed_config(resume, given)
+            config = SamConfig(**resume["sam_config"])
+        else:
+            cfg = TrainConfig(**given)
+            config = config_from_args(args)
+        if args.init:
+            from sam_core.build import build_sam
+
+            start = build_sam(checkpoint=args.init)
+            config = start.config
+            init = (start.state_dict(), f"{args.init} sha256 {start.checkpoint_sha256}")
+    except ValueError as e:
+        print(f"training.train: error: {e}", flush=True)
+        return 2
+    out = Path(args.out or args.resume)
+    device = _device(args.device)
     print(f"config: {config}\ntrain: {cfg}", flush=True)
-    model, history = train(config, cfg, args.max_steps, log=lambda s: print(s, flush=True))
-    sha256 = save_state_dict(model, args.out)
-    steps = int(history[-1]["step"]) if history else 0
-    print(f"saved {args.out} sha256 {sha256} after {steps} logged steps", flush=True)
+
+    stop = {"requested": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        # Finish the step, save model and state: a stopped run can be resumed.
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print(f"signal {signum}: stopping after this step", flush=True)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = train(
+            config,
+            cfg,
+            args.max_steps,
+            log=lambda line: print(line, flush=True),
+            device=device,
+            resume=resume,
+            init=init,
+            session_minutes=args.session_minutes,
+            should_stop=lambda: stop["requested"],
+            checkpoint=lambda state: save_training_state(state, state_path(out)),
+            checkpoint_minutes=args.checkpoint_minutes,
+        )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    sha256 = save_state_dict(result.model, out)
+    save_training_state(result.state, state_path(out))
+    print(
+        f"saved {out} sha256 {sha256} at step {result.state['step']} ({result.stopped}); "
+        f"state {state_path(out)}",
+        flush=True,
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
