@@ -161,7 +161,15 @@ class MaskMineOptions(PipelineOptions):
             "generator's own box NMS at --box_nms_thresh already ran; useful with "
             "--dedup_by mask, or stricter than the generator).",
         )
-        quality.add_argument("--dedup_by", default="box", choices=["box", "mask"])
+        quality.add_argument(
+            "--dedup_by",
+            default="box",
+            # transforms.postprocess.DEDUP_BY (not imported: option parsing stays light).
+            choices=["box", "mask", "containment"],
+            help="what --dedup_iou_thresh compares: box IoU, mask IoU, or containment "
+            "(intersection over the smaller mask: a part inside a better-scored whole, or "
+            "the reverse, is dropped, one granularity per object).",
+        )
 
 
 def generator_params(options: MaskMineOptions) -> dict:

@@ -1,7 +1,8 @@
 """Versioned pyarrow schemas of the masks, images and errors tables, and row validation.
 
 Every schema carries ``maskmine.schema_version`` (and ``maskmine.table``) in its metadata,
-so a reader can tell which layout a Parquet file was written with. Fields are non-nullable.
+so a reader can tell which layout a Parquet file was written with. Fields are non-nullable
+except where null has a meaning (``masks.parent_mask_id``: a mask at the top of its image).
 Per-field metadata holds a short ``doc`` and, where it applies, ``maskmine.shape`` (list
 lengths, ``*`` = any, e.g. ``b"*,2"`` for a list of (x, y) pairs) and ``maskmine.format``
 (``json`` for strings that must parse as JSON); `to_table` enforces both.
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: images.prompts_decoded
+SCHEMA_VERSION = 3  # 2: images.prompts_decoded; 3: masks.parent_mask_id, masks.depth
 VERSION_KEY = b"maskmine.schema_version"
 TABLE_KEY = b"maskmine.table"
 _SHAPE_KEY = b"maskmine.shape"
@@ -34,14 +35,19 @@ _MASK_ID_SALT_URI = "maskmine.mask_id.v2"  # with the image URI
 
 
 def _field(
-    name: str, type_: pa.DataType, doc: str, shape: str | None = None, fmt: str | None = None
+    name: str,
+    type_: pa.DataType,
+    doc: str,
+    shape: str | None = None,
+    fmt: str | None = None,
+    nullable: bool = False,
 ) -> pa.Field:
     meta = {b"doc": doc.encode()}
     if shape is not None:
         meta[_SHAPE_KEY] = shape.encode()
     if fmt is not None:
         meta[_FORMAT_KEY] = fmt.encode()
-    return pa.field(name, type_, nullable=False, metadata=meta)
+    return pa.field(name, type_, nullable=nullable, metadata=meta)
 
 
 def _schema(table: str, fields: list[pa.Field]) -> pa.Schema:
@@ -99,6 +105,13 @@ MASKS_SCHEMA = _schema(
             shape="*,2",
         ),
         _field("crop_box", _list(pa.int32()), "crop the mask came from, XYWH px", shape="4"),
+        _field(
+            "parent_mask_id",
+            pa.string(),
+            "smallest larger mask of the image holding >= 90% of this one; null at the top",
+            nullable=True,
+        ),
+        _field("depth", pa.int32(), "steps up the parent_mask_id chain to the top (0 at the top)"),
         _field("model_type", pa.string(), "SAM variant, e.g. vit_h"),
         _field("checkpoint_sha256", pa.string(), "sha256 (hex) of the checkpoint file"),
         _field("generator_params", pa.string(), "mask generator parameters", fmt="json"),
@@ -244,6 +257,8 @@ def check_row(row: dict[str, Any], schema: pa.Schema, where: str = "row") -> Non
 
 def _check(field: pa.Field, value: Any, path: str, where: str) -> None:
     """Raise ValueError if `value` does not fit `field` (type, shape, format)."""
+    if value is None and field.nullable:
+        return
     meta = field.metadata or {}
     shape = meta.get(_SHAPE_KEY, b"").decode().split(",") if _SHAPE_KEY in meta else []
     _check_value(field.type, value, path, where, shape)

@@ -90,11 +90,27 @@ def test_box_and_mask_iou_differ_for_an_l_shape():
     assert len(deduplicate_masks(image([full, thin]), 0.7, by="mask").masks) == 2
 
 
+def test_containment_dedup_drops_a_part_nested_in_a_better_whole_and_the_reverse():
+    whole = record((0, 0, 19, 19), iou=0.9)  # 400 px
+    part = record((2, 2, 7, 7), iou=0.8)  # 36 px, all inside whole: mask IoU only 0.09
+    apart = record((22, 0, 29, 5), iou=0.7)  # touches nothing
+    out = deduplicate_masks(image([whole, part, apart]), 0.7, by="containment")
+    assert out.masks == [whole, apart]
+    assert len(deduplicate_masks(image([whole, part, apart]), 0.7, by="mask").masks) == 3
+    # A better-scored part keeps the part and drops its whole: one granularity either way.
+    sharp = dict(part, predicted_iou=0.95)
+    assert deduplicate_masks(image([whole, sharp]), 0.7, by="containment").masks == [sharp]
+    # Half inside: kept below a threshold of 0.5, dropped above it.
+    half = record((15, 0, 24, 3), iou=0.6)  # 40 px, 20 inside whole
+    assert len(deduplicate_masks(image([whole, half]), 0.5, by="containment").masks) == 2
+    assert len(deduplicate_masks(image([whole, half]), 0.49, by="containment").masks) == 1
+
+
 def test_dedup_of_zero_or_one_mask_and_bad_mode():
     assert deduplicate_masks(image([]), 0.7).masks == []
     one = [record((1, 1, 4, 4))]
     assert deduplicate_masks(image(one), 0.7).masks == one
-    with pytest.raises(ValueError, match="'box' or 'mask'"):
+    with pytest.raises(ValueError, match="one of \\('box', 'mask', 'containment'\\)"):
         deduplicate_masks(image(one * 2), 0.7, by="pixels")
 
 

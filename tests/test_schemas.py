@@ -38,6 +38,8 @@ def mask_row(**overrides) -> dict:
         "stability_score": 0.96875,
         "point_coords": [[10.5, 20.25]],
         "crop_box": [0, 0, 64, 48],
+        "parent_mask_id": None,
+        "depth": 0,
         "model_type": "vit_b",
         "checkpoint_sha256": "cd" * 32,
         "generator_params": '{"points_per_side": 32}',
@@ -72,9 +74,9 @@ def error_row() -> dict:
 
 
 def test_every_schema_carries_its_version_and_name():
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     for name, schema in SCHEMAS.items():
-        assert schema.metadata[VERSION_KEY] == b"2"
+        assert schema.metadata[VERSION_KEY] == b"3"
         assert schema.metadata[b"maskmine.table"] == name.encode()
     assert MASKS_SCHEMA.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert MASKS_SCHEMA.field("segmentation").type.field("size").type.value_type == pa.int32()
@@ -85,7 +87,14 @@ def test_every_schema_carries_its_version_and_name():
 @pytest.mark.parametrize(
     "schema,rows",
     [
-        (MASKS_SCHEMA, [mask_row(), mask_row(point_coords=[], area=0, bbox=[0, 0, 0, 0])]),
+        (
+            MASKS_SCHEMA,
+            [
+                mask_row(),
+                mask_row(point_coords=[], area=0, bbox=[0, 0, 0, 0]),
+                mask_row(parent_mask_id="f" * 32, depth=3),
+            ],
+        ),
         (IMAGES_SCHEMA, [image_row(), image_row(image_uri="/data/c.png", masks_kept=0)]),
         (ERRORS_SCHEMA, [error_row()]),
     ],
@@ -154,12 +163,22 @@ def test_missing_and_extra_fields_are_named():
         ("created_at", dt.datetime(2025, 5, 1, 12), "expected a timezone-aware datetime"),
         ("created_at", "2025-05-01", "expected a datetime"),
         ("generator_params", "{points: 32", "not valid JSON"),
+        ("depth", None, "must not be None"),
+        ("parent_mask_id", 5, "expected a string"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(field, value, reason):
     rows = [mask_row(), mask_row(**{field: value})]
     with pytest.raises(ValueError, match=rf"row 1: field '{field}': {reason}"):
         to_table(rows, MASKS_SCHEMA)
+
+
+def test_only_the_parent_mask_id_may_be_null():
+    # Null has a meaning there (a mask at the top of its image); nowhere else.
+    nullable = [f.name for schema in SCHEMAS.values() for f in schema if f.nullable]
+    assert nullable == ["parent_mask_id"]
+    table = to_table([mask_row(parent_mask_id=None)], MASKS_SCHEMA)
+    assert table.column("parent_mask_id").to_pylist() == [None]
 
 
 def test_nested_values_are_checked_with_their_path():

@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 
 from sam_core.mask_ops import batched_box_nms
 
+from .hierarchy import containment
 from .metrics import counter as metrics_counter
 from .records import MinedImage
 
@@ -83,9 +84,16 @@ def filter_masks(image: MinedImage, thresholds: QualityThresholds) -> MinedImage
     return dataclasses.replace(image, masks=kept)
 
 
+DEDUP_BY = ("box", "mask", "containment")
+
+
 def deduplicate_masks(image: MinedImage, iou_threshold: float, by: str = "box") -> MinedImage:
     """Greedy NMS by predicted IoU: drop a mask whose box IoU (or mask IoU, with
-    by="mask") with a better-scored kept mask exceeds iou_threshold."""
+    by="mask") with a better-scored kept mask exceeds iou_threshold.
+
+    by="containment" compares intersection over the smaller mask's area instead (labelme's
+    mask NMS): a part nested in a better-scored whole, or a whole around a better-scored
+    part, is dropped, leaving one granularity per object."""
     masks = image.masks
     if len(masks) < 2 or iou_threshold >= 1.0:  # an IoU never exceeds 1: nothing to drop
         return image
@@ -96,16 +104,21 @@ def deduplicate_masks(image: MinedImage, iou_threshold: float, by: str = "box") 
         keep = batched_box_nms(
             boxes, scores, torch.zeros(len(masks), dtype=torch.int64), iou_threshold
         ).tolist()
-    elif by == "mask":
+    elif by in ("mask", "containment"):
         rles = [m["segmentation"] for m in masks]
-        iou = mask_utils.iou(rles, rles, [0] * len(rles))
+        if by == "mask":
+            overlap = np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)))
+        else:
+            # held[i, j] = |i & j| / |i|; over the smaller mask = the larger of the two ways.
+            held = containment(rles, rles)
+            overlap = np.maximum(held, held.T)
         keep, suppressed = [], np.zeros(len(masks), dtype=bool)
         for i in torch.argsort(scores, descending=True, stable=True).tolist():
             if not suppressed[i]:
                 keep.append(i)
-                suppressed |= iou[i] > iou_threshold
+                suppressed |= overlap[i] > iou_threshold
     else:
-        raise ValueError(f"deduplicate by 'box' or 'mask', got {by!r}")
+        raise ValueError(f"deduplicate by one of {DEDUP_BY}, got {by!r}")
     return dataclasses.replace(image, masks=[masks[i] for i in keep])
 
 
@@ -138,8 +151,8 @@ class DeduplicateMasks(beam.PTransform):
 
     def __init__(self, iou_threshold: float, by: str = "box") -> None:
         super().__init__()
-        if by not in ("box", "mask"):
-            raise ValueError(f"deduplicate by 'box' or 'mask', got {by!r}")
+        if by not in DEDUP_BY:
+            raise ValueError(f"deduplicate by one of {DEDUP_BY}, got {by!r}")
         self.iou_threshold, self.by = iou_threshold, by
 
     def expand(self, images):

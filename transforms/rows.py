@@ -12,6 +12,7 @@ import numpy as np
 
 from schemas import tables
 
+from .hierarchy import parents
 from .records import Failure, MinedImage, Provenance
 
 
@@ -27,16 +28,22 @@ def run_params(generator_params: str, runtime: dict[str, str]) -> str:
 
 
 def mask_rows(image: MinedImage, provenance: Provenance) -> list[dict]:
-    """One masks-table row per mask of `image`."""
+    """One masks-table row per mask of `image`, with its place in the image's containment
+    hierarchy (transforms/hierarchy.py: parent_mask_id, depth)."""
     params = run_params(provenance.generator_params, image.runtime)
+    ids = [
+        tables.mask_id(
+            image.sha256, m["segmentation"]["counts"], m["crop_box"], m["point_coords"], image.uri
+        )
+        for m in image.masks
+    ]
+    parent_ids, depths = parents([m["segmentation"] for m in image.masks], ids)
     rows = []
-    for m in image.masks:
+    for m, id_, parent_id, depth in zip(image.masks, ids, parent_ids, depths):
         rle = m["segmentation"]
         rows.append(
             {
-                "mask_id": tables.mask_id(
-                    image.sha256, rle["counts"], m["crop_box"], m["point_coords"], image.uri
-                ),
+                "mask_id": id_,
                 "image_uri": image.uri,
                 "image_sha256": image.sha256,
                 "image_width": image.width,
@@ -48,6 +55,8 @@ def mask_rows(image: MinedImage, provenance: Provenance) -> list[dict]:
                 "stability_score": float(m["stability_score"]),
                 "point_coords": [[float(x), float(y)] for x, y in m["point_coords"]],
                 "crop_box": [int(v) for v in m["crop_box"]],
+                "parent_mask_id": parent_id,
+                "depth": depth,
                 "model_type": image.model_type,
                 "checkpoint_sha256": image.checkpoint_sha256,
                 "generator_params": params,
