@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 import apache_beam as beam
 
@@ -22,7 +23,7 @@ from transforms.monitoring import CountFailures, Progress
 from transforms.postprocess import DeduplicateMasks, FilterMasks
 from transforms.pubsub import ReadPubSubURIs
 from transforms.read import ImageURIs
-from transforms.records import Provenance
+from transforms.records import Failure, Provenance
 from transforms.rows import embedding_rows, error_row, image_row, mask_rows
 from transforms.sinks import WriteTable, WriteWindowedTable
 from transforms.skip_existing import SkipExisting
@@ -118,12 +119,17 @@ def _skip_existing(uris, options: MaskMineOptions):
     return uris | "SkipExisting" >> SkipExisting(pattern)
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: MaskMineOptions) -> None:
-    """Add the whole graph to `pipeline` (options already resolved)."""
+def build_pipeline(
+    pipeline: beam.Pipeline, options: MaskMineOptions, listing_errors: Sequence[Failure] = ()
+) -> None:
+    """Add the whole graph to `pipeline` (options already resolved). listing_errors: batch
+    only, Failures of a listing done on the launcher, for the errors table."""
     if is_streaming(options):
         _build_streaming(pipeline, options)
         return
-    read = pipeline | "ReadURIs" >> ImageURIs(options.input, options_extensions(options))
+    read = pipeline | "ReadURIs" >> ImageURIs(
+        options.input, options_extensions(options), listing_errors=listing_errors
+    )
     decoded = _skip_existing(read["uris"], options) | "Decode" >> DecodeImages(
         max_pixels=options.max_pixels
     )

@@ -12,11 +12,13 @@ from __future__ import annotations
 import collections
 import os
 import tempfile
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.records import Failure
 from transforms.uris import list_image_uris
 
 from .config import mined_images_pattern, options_extensions
@@ -38,10 +40,29 @@ def mined_uris(output: str) -> set[str]:
     return uris
 
 
-def plan_parts(options: MaskMineOptions) -> tuple[list[list[str]], list[str], int]:
-    """(URIs of each part, inputs that listed no image, URIs skipped as already mined)."""
+class Plan(NamedTuple):
+    """parts: URIs of each part; failed: inputs that listed no image; skipped: URIs
+    already mined; listing_errors: listed entries that cannot be mined, as Failures;
+    by_extension: files skipped by --extensions."""
+
+    parts: list[list[str]]
+    failed: list[str]
+    skipped: int
+    listing_errors: list[Failure]
+    by_extension: int
+
+
+def plan_parts(options: MaskMineOptions) -> Plan:
+    """What each part mines (see Plan)."""
     by_extension: list[str] = []
-    uris, failed = list_image_uris(options.input, options_extensions(options), skipped=by_extension)
+    problems: list[tuple[str, str]] = []
+    uris, failed = list_image_uris(
+        options.input, options_extensions(options), skipped=by_extension, problems=problems
+    )
+    # One row per entry, however many inputs listed it.
+    listing_errors = [
+        Failure(uri=uri, stage="read", error=error) for uri, error in dict(problems).items()
+    ]
     if by_extension:
         say(
             f"{len(by_extension)} file(s) skipped by --extensions, e.g. "
@@ -53,17 +74,20 @@ def plan_parts(options: MaskMineOptions) -> tuple[list[list[str]], list[str], in
         kept = [u for u in uris if u not in mined]
         skipped, uris = len(uris) - len(kept), kept
     every = options.view_as(LocalRunOptions).commit_every
-    return [uris[i : i + every] for i in range(0, len(uris), every)], failed, skipped
+    parts = [uris[i : i + every] for i in range(0, len(uris), every)]
+    return Plan(parts, failed, skipped, listing_errors, len(by_extension))
 
 
 def mine_in_parts(options: MaskMineOptions) -> tuple[int, dict[str, int]]:
     """Run the pipeline once for each part; (exit status, counters summed over the parts)."""
-    parts, failed, skipped = plan_parts(options)
+    parts, failed, skipped, listing_errors, by_extension = plan_parts(options)
     totals: collections.Counter[str] = collections.Counter()
+    if by_extension:  # the parts list nothing themselves: the launcher's count
+        totals["files_skipped_by_extension"] = by_extension
     if skipped:
         totals["images_skipped_existing"] = skipped
         say(f"{skipped} image(s) already in {options.output}/images/: skipped")
-    if not parts and not failed:
+    if not parts and not failed and not listing_errors:
         say("nothing left to mine")
         return 0, dict(totals)
     # Inputs that listed nothing go to the first part, whose pipeline writes their errors.
@@ -83,7 +107,8 @@ def mine_in_parts(options: MaskMineOptions) -> tuple[int, dict[str, int]]:
             options.skip_existing = skip_existing and k == 0 and bool(failed)
             say(f"part {k + 1}/{len(parts)}: {len(uris)} image(s), run {options.run_id}")
             try:
-                status, counts = mine_once(options)
+                # Part 0 writes the listing's error rows too.
+                status, counts = mine_once(options, listing_errors if k == 0 else ())
             except BaseException:
                 _stopped(k, options.output)
                 raise

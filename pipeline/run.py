@@ -9,10 +9,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 import apache_beam as beam
 
 from transforms.metrics import NAMESPACE
+from transforms.records import Failure
 from transforms.watch import resume_watching, stop_watching
 
 from .config import ConfigError, is_local, is_streaming
@@ -25,12 +27,16 @@ def say(message: str) -> None:
     print(f"maskmine: {message}", file=sys.stderr)
 
 
-def mine_once(options: MaskMineOptions) -> tuple[int, dict[str, int] | None]:
-    """Build and run one pipeline: (exit status, counters if it ran locally, else None)."""
+def mine_once(
+    options: MaskMineOptions, listing_errors: Sequence[Failure] = ()
+) -> tuple[int, dict[str, int] | None]:
+    """Build and run one pipeline: (exit status, counters if it ran locally, else None).
+
+    listing_errors: Failures of a listing done before (see build_pipeline)."""
     start = time.monotonic()
     pipeline = new_pipeline(options)
     try:
-        build_pipeline(pipeline, options)
+        build_pipeline(pipeline, options, listing_errors)
     except ConfigError as e:  # found while building, e.g. an unreadable earlier output
         print(f"maskmine: error: {e}", file=sys.stderr)
         return 2, None

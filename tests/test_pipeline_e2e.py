@@ -202,11 +202,11 @@ def test_a_run_stopped_midway_keeps_its_finished_parts(mined, tmp_path, monkeypa
     args += [f"--checkpoint={FIXTURES / 'sam_tiny.pth'}", "--commit_every=2"]
     mine_once, calls = pipeline.parts.mine_once, []
 
-    def dies_in_part_two(options):
+    def dies_in_part_two(options, *more):
         calls.append(options.run_id)
         if len(calls) == 2:
             raise RuntimeError("worker killed")
-        return mine_once(options)
+        return mine_once(options, *more)
 
     monkeypatch.setattr(pipeline.parts, "mine_once", dies_in_part_two)
     with pytest.raises(RuntimeError, match="worker killed"):

@@ -339,3 +339,46 @@ def test_extensions_flag_narrows_the_listing_and_is_checked(tree, tmp_path, caps
     assert paths == images(tree, "b.png", "sub/d.webp")
     assert main([f"--output={tmp_path / 'out'}", "--extensions=png"]) == 2
     assert "--extensions 'png': give a comma-separated list" in capsys.readouterr().err
+
+
+def test_local_globs_take_backslashes_and_glob_escaped_folders(tmp_path):
+    # Beam's "*" stops at "\" (a separator on Windows only): back\slash.png was lost.
+    folder = tmp_path / "out[1]"
+    folder.mkdir()
+    for name in ("back\\slash.png", "plain.png", "skip.txt"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "deeper.png").write_bytes(b"x")
+    from schemas.layout import glob_escape
+
+    paths, reason = match_pattern(glob_escape(str(folder)) + "/*.png", IMAGE_EXTENSIONS)
+    assert reason is None
+    assert paths == images(folder, "back\\slash.png", "plain.png")
+    paths, _ = match_pattern(glob_escape(str(folder)) + "/**.png", IMAGE_EXTENSIONS)
+    assert paths == images(folder, "back\\slash.png", "plain.png", "sub/deeper.png")
+    paths, _ = match_pattern(str(tmp_path) + "/out?1]/p*", IMAGE_EXTENSIONS)
+    assert paths == images(folder, "plain.png")  # "?" takes the "[", "1]" is literal
+    assert match_pattern(str(tmp_path) + "/out[![]1]/*", IMAGE_EXTENSIONS)[0] == []
+    assert match_pattern(str(tmp_path) + "/out[[]1]/p*", IMAGE_EXTENSIONS)[0] == images(
+        folder, "plain.png"
+    )
+
+
+def test_a_folder_that_cannot_be_read_is_an_error_not_a_silent_gap(tmp_path):
+    # os.walk (Beam's listing) skips a folder it cannot read without a word.
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads every folder")
+    locked = tmp_path / "imgs" / "locked"
+    locked.mkdir(parents=True)
+    (locked / "a.png").write_bytes(b"x")
+    (tmp_path / "imgs" / "b.png").write_bytes(b"x")
+    locked.chmod(0)
+    try:
+        problems: list = []
+        paths, reason = match_pattern(str(tmp_path / "imgs"), IMAGE_EXTENSIONS, None, problems)
+    finally:
+        locked.chmod(0o755)
+    assert (paths, reason) == ([str(tmp_path / "imgs" / "b.png")], None)
+    assert problems == [(str(locked), "cannot list folder: permission denied")]

@@ -48,12 +48,15 @@ class _MatchFn(beam.DoFn):
 
     def process(self, pattern: str) -> Iterator[str | TaggedOutput]:
         skipped: list[str] = []
+        problems: list[tuple[str, str]] = []
         try:
-            paths, reason = match_pattern(pattern, self._extensions, skipped)
+            paths, reason = match_pattern(pattern, self._extensions, skipped, problems)
         except Exception as e:  # a listing error (permissions, no bucket) fails this pattern only
             paths, reason = [], f"cannot list {pattern}: {read_error_reason(e)}"
         if reason is not None:
             yield TaggedOutput(ERRORS, Failure(uri=pattern, stage="read", error=reason))
+        for uri, error in problems:  # listed, but not minable (see match_pattern)
+            yield TaggedOutput(ERRORS, Failure(uri=uri, stage="read", error=error))
         if skipped:
             # Not an error (the user's --extensions chose it), but never silent.
             self._skipped.inc(len(skipped))
@@ -95,8 +98,12 @@ class ImageURIs(beam.PTransform):
         inputs: list[str],
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         column: str | None = None,
+        listing_errors: Sequence[Failure] = (),
     ):
+        """listing_errors: Failures of a listing done before the pipeline (--commit_every
+        lists on the launcher), written to the errors table with this pipeline's."""
         super().__init__()
+        self._listing_errors = list(listing_errors)
         inputs = as_list(inputs, "inputs")
         self._manifests = [
             normalize_uri(s.removeprefix(MANIFEST_PREFIX)) for s in inputs if is_manifest(s)
@@ -124,6 +131,8 @@ class ImageURIs(beam.PTransform):
             )
             uris.append(out[URIS])
             errors.append(out[ERRORS])
+        if self._listing_errors:
+            errors.append(pbegin | "ListingErrors" >> beam.Create(self._listing_errors))
         return _dedup(
             uris | "FlattenURIs" >> beam.Flatten(),
             errors | "FlattenErrors" >> beam.Flatten(),

@@ -13,6 +13,7 @@ Relative local paths are resolved against the launching process's working direct
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import posixpath
@@ -74,7 +75,12 @@ def has_glob(pattern: str) -> bool:
     return any(c in _GLOB_CHARS for c in pattern)
 
 
-def _match(pattern: str) -> list[str]:
+Problems = list[tuple[str, str]]  # (URI as recorded, readable reason) of listed entries
+
+
+def _match(pattern: str, problems: Problems) -> list[str]:
+    if not is_remote(pattern):
+        return _match_local(pattern, problems)
     return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
 
 
@@ -83,8 +89,135 @@ def _recursive(directory: str) -> str:
     return directory.rstrip("/") + "/**"
 
 
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """FileSystems' pattern syntax (fnmatch, "*" within one folder, "**" across folders)
+    for local paths, where only "/" separates folders: Beam's own "*" also stops at "\\",
+    which a POSIX file name may hold (`back\\slash.png` would not match "*")."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if i < n and pattern[i] == "*":
+                out.append(".*")
+                i += 1
+            else:
+                out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + (i < n and pattern[i] == "!")
+            j += j < n and pattern[j] == "]"
+            j = pattern.find("]", j)
+            if j < 0:
+                out.append("\\[")
+                continue
+            body = pattern[i:j].replace("\\", "\\\\").replace("[", "\\[")
+            i = j + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{body}]")
+        else:
+            out.append(re.escape(c))
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def _match_local(pattern: str, problems: Problems) -> list[str]:
+    """Local files that `pattern` (a glob, a folder/** or an exact path) names.
+
+    Beam's local listing (os.walk, then a stat per file) drops every entry it cannot stat
+    (dangling links, link loops, paths longer than PATH_MAX) and every folder it cannot
+    read, and does not enter linked folders. Here every non-folder entry is listed by name
+    (reading it later gives the reason it fails: see `read_error_reason`), linked folders
+    are entered, and folders that cannot be listed go to `problems`.
+    """
+    if not has_glob(pattern):
+        return [pattern] if os.path.lexists(pattern) and not os.path.isdir(pattern) else []
+    static = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    root = static[: static.rfind("/")] or "/"
+    if not os.path.isdir(root):
+        return []
+    regex = _glob_regex(pattern)
+    return [p for p in walk_local(root, problems) if regex.match(p)]
+
+
+def walk_local(root: str, problems: Problems) -> list[str]:
+    """Every non-folder entry under the local folder `root`, recursively, linked folders
+    entered (a link back to an enclosing folder is a problem, not a loop).
+
+    Walks with folder file descriptors, so paths longer than PATH_MAX are listed too.
+    """
+    found: list[str] = []
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        problems.append((root, f"cannot list folder: {read_error_reason(e)}"))
+        return found
+    try:
+        st = os.fstat(fd)
+        _walk(fd, root.rstrip("/") or "", {(st.st_dev, st.st_ino)}, found, problems)
+    finally:
+        os.close(fd)
+    return found
+
+
+def _walk(dir_fd: int, path: str, ancestors: set, found: list[str], problems: Problems) -> None:
+    try:
+        with os.scandir(dir_fd) as it:
+            names = sorted(e.name for e in it)
+    except OSError as e:
+        problems.append((path or "/", f"cannot list folder: {read_error_reason(e)}"))
+        return
+    for name in names:
+        full = f"{path}/{name}"
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
+        except OSError as e:
+            if e.errno in (errno.ENOTDIR, errno.ENOENT, errno.ELOOP, errno.ENAMETOOLONG):
+                found.append(full)  # a file, or a link that cannot be followed: read says why
+            else:
+                problems.append((full, f"cannot list folder: {read_error_reason(e)}"))
+            continue
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if key in ancestors:
+                problems.append(
+                    (full, "unreadable link: symbolic link loop (a link to a folder that holds it)")
+                )
+                continue
+            _walk(fd, full, ancestors | {key}, found, problems)
+        finally:
+            os.close(fd)
+
+
+def _not_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def escaped_name(path: str) -> str:
+    """`path` as valid UTF-8 text: bytes of a non-UTF-8 file name (which Python holds as
+    lone surrogates) written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+NOT_UTF8 = (
+    "file name is not valid UTF-8 (its bytes shown as \\xNN): a URI in the tables cannot "
+    "hold it; rename the file"
+)
+
+
 def match_pattern(
-    pattern: str, extensions: Sequence[str], skipped: list[str] | None = None
+    pattern: str,
+    extensions: Sequence[str],
+    skipped: list[str] | None = None,
+    problems: Problems | None = None,
 ) -> tuple[list[str], str | None]:
     """Image paths that `pattern` names, and the reason when it names none.
 
@@ -93,31 +226,43 @@ def match_pattern(
     (local, or a remote prefix ending in "/" or with no object of that exact name) means
     every image under it, recursively. An existing file named exactly is kept whatever its
     extension: it was asked for by name (decoding rejects it if it is not an image).
+    Entries that are listed but cannot be mined go to `problems` as (URI, reason): folders
+    that cannot be listed, links to an enclosing folder, names that are not UTF-8.
     """
+    problems = [] if problems is None else problems
+    before = len(problems)
     if not has_glob(pattern):
         is_dir = pattern.endswith("/") or (not is_remote(pattern) and os.path.isdir(pattern))
         if not is_dir:
-            exact = _match(pattern)
+            exact = _match(pattern, problems)
             if exact:
-                return exact, None
-        paths = _match(_recursive(pattern))
-        if not paths:
+                return _utf8_only(exact, problems), None
+        paths = _match(_recursive(pattern), problems)
+        if not paths and len(problems) == before:
             what = "no files under directory" if is_dir else "no such file or directory:"
             return [], f"{what} {pattern}"
     else:
-        paths = _match(pattern)
+        paths = _match(pattern, problems)
     images = sorted(p for p in paths if is_image_name(p, extensions))
     if skipped is not None and len(images) < len(paths):
         chosen = set(images)
         skipped.extend(sorted(p for p in paths if p not in chosen))
-    if images:
-        return images, None
+    if images or len(problems) > before:
+        return _utf8_only(images, problems), None
     if not paths:
         return [], f"no files match {pattern}"
     return [], (
         f"no image files match {pattern}: {len(paths)} file(s) matched, "
         f"none ending in {'/'.join(extensions)} (see --extensions)"
     )
+
+
+def _utf8_only(paths: list[str], problems: Problems) -> list[str]:
+    # Beam's str coder, Parquet and the URI columns need UTF-8: such a name becomes an
+    # error row with its bytes escaped, never a crashed run.
+    bad = [p for p in paths if _not_utf8(p)]
+    problems.extend((escaped_name(p), NOT_UTF8) for p in bad)
+    return [p for p in paths if not _not_utf8(p)] if bad else paths
 
 
 def read_error_reason(e: BaseException) -> str:
@@ -129,6 +274,13 @@ def read_error_reason(e: BaseException) -> str:
         e = next(iter(details.values()))
         details = getattr(e, "exception_details", None)
     code = getattr(e, "code", None)  # google.api_core errors carry the HTTP status
+    filename = getattr(e, "filename", None)
+    if getattr(e, "errno", None) == errno.ELOOP:
+        return "unreadable link: symbolic link loop"
+    if getattr(e, "errno", None) == errno.ENAMETOOLONG:
+        return "path too long for this OS (PATH_MAX/NAME_MAX)"
+    if isinstance(e, FileNotFoundError) and isinstance(filename, str) and os.path.islink(filename):
+        return f"unreadable link: dangling symbolic link (to {os.readlink(filename)})"
     if isinstance(e, FileNotFoundError) or code == 404:
         return "file not found"
     if isinstance(e, PermissionError) or code == 403:
@@ -266,11 +418,13 @@ def list_image_uris(
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     column: str | None = None,
     skipped: list[str] | None = None,
+    problems: Problems | None = None,
 ) -> tuple[list[str], list[str]]:
     """ImageURIs on the launching machine: (sorted distinct URIs, inputs that yielded none).
 
     The same rules as ImageURIs; an input whose listing or manifest fails is returned in
     the second list instead of raising, for a pipeline to report as ImageURIs does.
+    Listed entries that cannot be mined go to `problems` (see match_pattern).
     """
     found: set[str] = set()
     failed: list[str] = []
@@ -279,7 +433,7 @@ def list_image_uris(
             if is_manifest(spec):
                 uris = read_manifest(normalize_uri(spec.removeprefix(MANIFEST_PREFIX)), column)
             else:
-                paths, reason = match_pattern(normalize_uri(spec), extensions, skipped)
+                paths, reason = match_pattern(normalize_uri(spec), extensions, skipped, problems)
                 if reason is not None:
                     failed.append(spec)
                     continue
