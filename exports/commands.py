@@ -11,13 +11,15 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
-from .coco import export_coco
-from .dataset import load_run
+from .coco import export_coco_streaming
+from .dataset import Progress, index_run, iter_images
 from .inspect import DEFAULT_IMAGES, DEFAULT_MAX_MASKS, inspect_run
-from .sa1b import export_sa1b
+from .labelstudio import DEFAULT_TASKS_PER_FILE, export_labelstudio, image_url
+from .sa1b import export_sa1b, json_names
+from .sa1b_tar import DEFAULT_SHARD_IMAGES, DEFAULT_SHARD_MB, export_sa1b_tar
 from .tables import RunError
 
-FORMATS = ("sa1b", "coco")
+FORMATS = ("sa1b", "coco", "labelstudio", "sa1b-tar")
 
 
 def _fail(command: str, error: Exception) -> int:
@@ -56,8 +58,10 @@ def inspect_parser() -> argparse.ArgumentParser:
 def export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskmine export",
-        description="Export a finished run's masks as SA-1B JSON (one file per image, into a "
-        "folder) or as one COCO instance-format JSON file.",
+        description="Export a finished run's masks: SA-1B JSON (one file per image, into a "
+        "folder), one COCO instance-format JSON file, Label Studio tasks with the masks as "
+        "pre-annotations, or SA-1B tar shards (image + JSON) for training. Streams image by "
+        "image: memory holds one image's masks.",
     )
     parser.add_argument("output", metavar="OUTPUT", help="run folder (maskmine --output)")
     parser.add_argument("--format", required=True, choices=FORMATS)
@@ -65,7 +69,32 @@ def export_parser() -> argparse.ArgumentParser:
         "--dest",
         required=True,
         metavar="DIR_OR_FILE",
-        help="sa1b: a folder; coco: a .json file (local or gs://)",
+        help="coco: a .json file; sa1b, labelstudio, sa1b-tar: a folder (local or gs://)",
+    )
+    parser.add_argument(
+        "--local_files_root",
+        default="/",
+        help="labelstudio: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; local image "
+        "paths become /data/local-files/?d=<path under it> (gs:// URIs stay as they are)",
+    )
+    parser.add_argument(
+        "--tasks_per_file",
+        type=int,
+        default=DEFAULT_TASKS_PER_FILE,
+        help=f"labelstudio: tasks per tasks-NNNNN.json (default {DEFAULT_TASKS_PER_FILE})",
+    )
+    parser.add_argument(
+        "--shard_images",
+        type=int,
+        default=DEFAULT_SHARD_IMAGES,
+        help=f"sa1b-tar: at most this many images per shard (default {DEFAULT_SHARD_IMAGES})",
+    )
+    parser.add_argument(
+        "--shard_mb",
+        type=float,
+        default=DEFAULT_SHARD_MB,
+        help="sa1b-tar: at most this many MiB per shard, unless one image alone is larger "
+        f"(default {DEFAULT_SHARD_MB:g})",
     )
     return parser
 
@@ -88,17 +117,45 @@ def inspect_main(argv: list[str]) -> int:
 def export_main(argv: list[str]) -> int:
     args = export_parser().parse_args(argv)
     try:
-        images = load_run(args.output)
-    except RunError as e:
+        if args.tasks_per_file < 1:
+            raise ValueError(f"--tasks_per_file must be at least 1, got {args.tasks_per_file}")
+        if args.shard_images < 1 or not args.shard_mb > 0:
+            raise ValueError("--shard_images must be at least 1 and --shard_mb above 0")
+        index = index_run(args.output)
+        if args.format == "labelstudio":  # every URL before the first file is written
+            for image in index.images:
+                image_url(image.uri, args.local_files_root)
+        progress = Progress("maskmine export", len(index.images))
+        images = iter_images(args.output, index, progress)
+        if args.format == "sa1b":
+            names = dict(zip((im.uri for im in index.images), json_names(index.images)))
+            paths = export_sa1b(images, args.dest, names, index.first_ann_ids)
+            where = f"{len(paths)} files under {args.dest}"
+        elif args.format == "coco":
+            description = f"maskmine masks of {args.output}"
+            where = export_coco_streaming(index, images, args.dest, description)
+        elif args.format == "labelstudio":
+            root, per_file = args.local_files_root, args.tasks_per_file
+            paths = export_labelstudio(images, args.dest, root, per_file)
+            where = f"{len(paths)} task files and labeling_config.xml under {args.dest}"
+        else:
+            shards = export_sa1b_tar(
+                images, args.dest, index.first_ann_ids, args.shard_images, args.shard_mb
+            )
+            where = f"{len(shards['shards'])} shards and index.json under {args.dest}"
+            if shards["skipped"]:
+                first = shards["skipped"][0]
+                print(
+                    f"maskmine export: {len(shards['skipped'])} images left out, source "
+                    f"unreadable (first: {first['image_uri']}: {first['error']})",
+                    file=sys.stderr,
+                )
+        progress.done()
+    except ValueError as e:  # RunError included: no run there, or a bad flag value
         return _fail("export", e)
-    masks = sum(len(im.masks) for im in images)
-    if args.format == "sa1b":
-        paths = export_sa1b(images, args.dest)
-        where = f"{len(paths)} files under {args.dest}"
-    else:
-        where = export_coco(images, args.dest, description=f"maskmine masks of {args.output}")
     print(
-        f"maskmine export: {len(images)} images, {masks} masks as {args.format} -> {where}",
+        f"maskmine export: {len(index.images)} images, {index.masks} masks as {args.format} "
+        f"-> {where}",
         file=sys.stderr,
     )
     return 0

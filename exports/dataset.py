@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from collections.abc import Iterable
-from typing import Any
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .tables import check_run, read_table
+from .tables import check_run, iter_table, read_table
 
 
 @dataclasses.dataclass
@@ -52,15 +54,27 @@ def newest_runs(images: pa.Table) -> dict[str, str]:
     return {uri: run_id for uri, (_, run_id) in newest.items()}
 
 
+def newest_filter(newest: dict[str, str]) -> Callable[[pa.Table], pa.Table]:
+    """`keep_newest` for many tables against one `newest`: its value sets built once."""
+    wanted = pa.array([f"{uri}\n{run_id}" for uri, run_id in newest.items()], pa.string())
+    known = pa.array(list(newest), pa.string())
+
+    def keep(table: pa.Table) -> pa.Table:
+        if not newest:
+            return table
+        uris = table.column("image_uri")
+        keys = pc.binary_join_element_wise(uris, table.column("run_id"), "\n")
+        return table.filter(
+            pc.or_(pc.is_in(keys, value_set=wanted), pc.invert(pc.is_in(uris, value_set=known)))
+        )
+
+    return keep
+
+
 def keep_newest(table: pa.Table, newest: dict[str, str]) -> pa.Table:
     """Rows of `table` (image_uri, run_id columns) from their image's newest run; rows of
     images that `newest` does not know are kept."""
-    if not newest:
-        return table
-    keys = pc.binary_join_element_wise(table.column("image_uri"), table.column("run_id"), "\n")
-    wanted = pa.array([f"{uri}\n{run_id}" for uri, run_id in newest.items()], pa.string())
-    known = pc.is_in(table.column("image_uri"), value_set=pa.array(list(newest), pa.string()))
-    return table.filter(pc.or_(pc.is_in(keys, value_set=wanted), pc.invert(known)))
+    return newest_filter(newest)(table)
 
 
 def load_run(output: str, image_uris: Iterable[str] | None = None) -> list[RunImage]:
@@ -103,3 +117,126 @@ def load_run(output: str, image_uris: Iterable[str] | None = None) -> list[RunIm
             )
         )
     return images
+
+
+@dataclasses.dataclass
+class RunIndex:
+    """What a streaming export needs to know before the first mask: every image (URI
+    order, `masks` empty) with its mask count and the id of its first annotation, as
+    `load_run` + the exports number them. O(images) small objects, no masks."""
+
+    images: list[RunImage]
+    mask_counts: dict[str, int]  # image_uri -> masks of its newest run
+    first_ann_ids: dict[str, int]  # image_uri -> id of its first annotation (1-based)
+    newest_run: dict[str, str]  # image_uri -> run_id, for images with an images-table row
+
+    @property
+    def masks(self) -> int:
+        return sum(self.mask_counts.values())
+
+
+def index_run(output: str) -> RunIndex:
+    """The index of the run folder `output`: the images table, and one pass over the
+    masks table's image_uri/run_id columns (batches, never the whole table).
+
+    Raises tables.RunError if `output` holds no maskmine tables.
+    """
+    check_run(output)
+    image_table = read_table(output, "images")
+    newest_run = newest_runs(image_table)
+    newest = {r["image_uri"]: r for r in keep_newest(image_table, newest_run).to_pylist()}
+    keep, known = newest_filter(newest_run), pa.array(list(newest), pa.string())
+    counts: dict[str, int] = {}
+    stand_in = ["image_uri", "image_sha256", "image_width", "image_height", "run_id"]
+    for batch in iter_table(output, "masks", columns=stand_in, batch_rows=8192):
+        batch = keep(batch)
+        uris = batch.column("image_uri")
+        for row in pc.value_counts(uris).to_pylist():
+            counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+        unknown = pc.invert(pc.is_in(uris, value_set=known))
+        for row in batch.filter(unknown).to_pylist():  # masks without an images row
+            newest.setdefault(row["image_uri"], dict(row, masks_generated=-1))
+    images, first_ann_ids, next_id = [], {}, 1
+    for i, uri in enumerate(sorted(newest), start=1):
+        row = newest[uri]
+        images.append(
+            RunImage(
+                image_id=i,
+                uri=uri,
+                sha256=row["image_sha256"],
+                width=int(row["image_width"]),
+                height=int(row["image_height"]),
+                run_id=row["run_id"],
+                masks_generated=int(row["masks_generated"]),
+                masks=[],
+            )
+        )
+        first_ann_ids[uri] = next_id
+        next_id += counts.get(uri, 0)
+    mask_counts = {im.uri: counts.get(im.uri, 0) for im in images}
+    return RunIndex(images, mask_counts, first_ann_ids, newest_run)
+
+
+def iter_images(
+    output: str, index: RunIndex, progress: Progress | None = None
+) -> Iterator[RunImage]:
+    """Each image of `index` once, with its masks (mask_id order), in the order the masks
+    files hold them, then the images without masks.
+
+    An image is yielded as soon as its last mask has been read: memory holds the images
+    whose masks are still arriving, which for the pipeline's files (an image's rows are
+    written together) is about one image's masks, whatever the size of the run.
+    """
+    by_uri = {im.uri: im for im in index.images}
+    keep = newest_filter(index.newest_run)  # the rows index_run counted
+    pending: dict[str, list[dict[str, Any]]] = {}
+    done: set[str] = set()
+    for batch in iter_table(output, "masks", batch_rows=256):
+        for row in keep(batch).to_pylist():
+            uri = row["image_uri"]
+            rows = pending.setdefault(uri, [])
+            rows.append(row)
+            if len(rows) == index.mask_counts[uri]:
+                del pending[uri]
+                done.add(uri)
+                if progress:
+                    progress.step()
+                yield dataclasses.replace(
+                    by_uri[uri], masks=sorted(rows, key=lambda m: m["mask_id"])
+                )
+    for image in index.images:  # without masks (or, never for our files, short of them)
+        if image.uri not in done:
+            if progress:
+                progress.step()
+            rows = pending.pop(image.uri, [])
+            yield dataclasses.replace(image, masks=sorted(rows, key=lambda m: m["mask_id"]))
+
+
+class Progress:
+    """`label: n/total images` on `stream` at most every `every_s` seconds, and at the end
+    (`done`); silent for runs that finish before the first report is due."""
+
+    def __init__(
+        self, label: str, total: int, every_s: float = 5.0, stream: TextIO | None = None
+    ) -> None:
+        self.label, self.total, self.every_s = label, total, every_s
+        self.stream = stream or sys.stderr
+        self.count, self.start = 0, time.monotonic()
+        self.last = self.start
+        self.reported = False
+
+    def step(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last, self.reported = now, True
+            rate = self.count / max(now - self.start, 1e-9)
+            print(
+                f"{self.label}: {self.count}/{self.total} images ({rate:.1f}/s)",
+                file=self.stream,
+                flush=True,
+            )
+
+    def done(self) -> None:
+        if self.reported:
+            print(f"{self.label}: {self.count}/{self.total} images, done", file=self.stream)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -64,12 +65,27 @@ def json_names(images: list[RunImage]) -> list[str]:
     ]
 
 
-def export_sa1b(images: list[RunImage], dest: str) -> list[str]:
-    """Write one JSON per image into the folder `dest` (local or gs://); return the paths."""
-    paths, next_id = [], 1
-    for image, name in zip(images, json_names(images)):
-        path = FileSystems.join(dest, name)
-        write_json(path, image_record(image, next_id))
-        next_id += len(image.masks)
+def export_sa1b(
+    images: Iterable[RunImage],
+    dest: str,
+    names: dict[str, str] | None = None,
+    first_ann_ids: dict[str, int] | None = None,
+) -> list[str]:
+    """Write one JSON per image into the folder `dest` (local or gs://); return the paths.
+
+    Streaming: with `names` and `first_ann_ids` (image_uri -> file name, first annotation
+    id, from the run's index) `images` may be any iterable in any order; without them it
+    is a list in image_id order and both are computed from it."""
+    if names is None or first_ann_ids is None:
+        images = list(images)
+        names = dict(zip((im.uri for im in images), json_names(images)))
+        first_ann_ids, next_id = {}, 1
+        for image in images:
+            first_ann_ids[image.uri] = next_id
+            next_id += len(image.masks)
+    paths = []
+    for image in images:
+        path = FileSystems.join(dest, names[image.uri])
+        write_json(path, image_record(image, first_ann_ids[image.uri]))
         paths.append(path)
     return paths

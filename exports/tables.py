@@ -6,7 +6,7 @@ holds one set of part files per pipeline run; a table here is all of them concat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,12 +55,33 @@ def _read_columns(f, schema: pa.Schema, columns: Sequence[str]) -> pa.Table:
     file's (e.g. images.prompts_decoded, version 2) reads as nulls."""
     parquet = pq.ParquetFile(f)
     present = set(parquet.schema_arrow.names)
-    part = parquet.read(columns=[c for c in columns if c in present])
+    return _with_nulls(parquet.read(columns=[c for c in columns if c in present]), schema, columns)
+
+
+def _with_nulls(part: pa.Table, schema: pa.Schema, columns: Sequence[str]) -> pa.Table:
+    """`part` with `columns` in order; a column it lacks (a file of an older schema
+    version) is added as nulls of the current type."""
     for name in columns:
-        if name not in present:
+        if name not in part.column_names:
             field = schema.field(name)
             part = part.append_column(field.with_nullable(True), pa.nulls(len(part), field.type))
     return part.select(list(columns))
+
+
+def iter_table(
+    output: str, table: str, columns: Sequence[str] | None = None, batch_rows: int = 1024
+) -> Iterator[pa.Table]:
+    """The rows of `table` under `output` as tables of at most `batch_rows` rows, file by
+    file (sorted paths), never more than one batch and one file's footer in memory; columns
+    missing from older-version files read as nulls, as in `read_table`."""
+    schema = tables.SCHEMAS[table]
+    wanted = list(columns) if columns is not None else schema.names
+    for path in table_files(output, table):
+        with FileSystems.open(path) as f:
+            parquet = pq.ParquetFile(f)
+            present = [c for c in wanted if c in set(parquet.schema_arrow.names)]
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=present):
+                yield _with_nulls(pa.Table.from_batches([batch]), schema, wanted)
 
 
 def read_table(

@@ -1,4 +1,5 @@
-"""`maskmine export`: SA-1B JSON per image and COCO JSON, checked against the Parquet tables.
+"""`maskmine export`: SA-1B JSON per image, COCO JSON, Label Studio tasks and SA-1B tar
+shards, checked against the Parquet tables.
 
 One pipeline run (tiny fixture model, three generated images and one bad file) is shared by
 the module.
@@ -10,6 +11,8 @@ import datetime as dt
 import io
 import json
 import shutil
+import tarfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +270,233 @@ def test_tables_of_an_older_schema_version_still_read(tmp_path):
     table = read_run_table(str(tmp_path), "images").sort_by("image_uri")
     assert table.column("image_uri").to_pylist() == ["a.png", "b.png"]
     assert table.column("prompts_decoded").to_pylist() == [1024, None]
+
+
+def parquet_mask(row: dict) -> np.ndarray:
+    return decode(row["segmentation"]).astype(bool)
+
+
+def test_labelstudio_export_round_trips_pixel_exact_through_label_studios_decoder(run, tmp_path):
+    from label_studio_converter.brush import decode_rle
+
+    dest = tmp_path / "ls"
+    assert main(["export", str(run), "--format", "labelstudio", "--dest", str(dest)]) == 0
+    config = ET.fromstring((dest / "labeling_config.xml").read_text())
+    image_tag, brush = config.find("Image"), config.find("BrushLabels")
+    assert brush.get("toName") == image_tag.get("name") and image_tag.get("value") == "$image"
+    labels = [label.get("value") for label in brush.findall("Label")]
+    tasks = json.loads((dest / "tasks-00000.json").read_text())
+    assert [p.name for p in sorted(dest.glob("tasks-*.json"))] == ["tasks-00000.json"]
+    parquet = masks_by_id(run)
+    images = {r["image_uri"]: r for r in read_table(run, "images").to_pylist()}
+    assert sorted(t["data"]["image_uri"] for t in tasks) == sorted(images)
+    seen = set()
+    for t in tasks:
+        uri = t["data"]["image_uri"]
+        assert t["data"]["image"] == "/data/local-files/?d=" + uri.lstrip("/")
+        (prediction,) = t["predictions"]
+        results = prediction["result"]
+        assert len(results) == images[uri]["masks_kept"]
+        for r in results:
+            row = parquet[r["id"]]
+            seen.add(r["id"])
+            assert row["image_uri"] == uri
+            assert (r["from_name"], r["to_name"], r["type"]) == (
+                brush.get("name"),
+                image_tag.get("name"),
+                "brushlabels",
+            )
+            assert r["value"]["brushlabels"] == labels == ["object"]
+            h, w = row["segmentation"]["size"]
+            assert (r["original_height"], r["original_width"]) == (h, w)
+            rgba = decode_rle(bytes(r["value"]["rle"])).reshape(h, w, 4)
+            expected = parquet_mask(row)
+            np.testing.assert_array_equal(rgba[..., 3] == 255, expected)
+            assert set(np.unique(rgba)) <= {0, 255}
+            assert r["score"] == pytest.approx(row["predicted_iou"])
+        scores = [r["score"] for r in results]
+        assert prediction["score"] == pytest.approx(float(np.mean(scores)))
+    assert seen == set(parquet)
+
+
+def test_labelstudio_brush_rle_is_byte_for_byte_the_converters():
+    from label_studio_converter.brush import decode_rle, mask2rle
+
+    from exports.labelstudio import brush_rle
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:300, 0:400]
+    cases = [
+        rng.random((7, 9)) < 0.5,  # runs of every length field
+        np.zeros((300, 400), bool),  # one run over 2**16, in chunks
+        np.ones((1, 1), bool),
+        (yy - 150) ** 2 + (xx - 200) ** 2 < 90**2,
+    ]
+    for mask in cases:
+        ours = brush_rle(mask)
+        assert ours == list(mask2rle(mask.astype(np.uint8) * 255))
+        back = decode_rle(bytes(ours)).reshape(*mask.shape, 4)
+        np.testing.assert_array_equal(back[..., 3] == 255, mask)
+    with pytest.raises(ValueError, match="empty mask"):
+        brush_rle(np.zeros((0, 5), bool))
+
+
+def test_labelstudio_urls_task_files_and_a_root_that_does_not_hold_the_images(
+    run, tmp_path, capsys
+):
+    from exports.labelstudio import image_url
+
+    assert image_url("gs://b/x y.jpg") == "gs://b/x y.jpg"
+    assert image_url("https://h/x.jpg") == "https://h/x.jpg"
+    assert image_url("/data/a b.png", "/data") == "/data/local-files/?d=a%20b.png"
+    dest = tmp_path / "ls"
+    root = str(run.parent)
+    args = ["export", str(run), "--format", "labelstudio", "--dest", str(dest)]
+    assert main([*args, "--tasks_per_file", "2", "--local_files_root", root]) == 0
+    files = sorted(dest.glob("tasks-*.json"))
+    tasks = [t for f in files for t in json.loads(f.read_text())]
+    assert [len(json.loads(f.read_text())) for f in files] == [2, 1]
+    assert {t["data"]["image"] for t in tasks} == {
+        f"/data/local-files/?d=images/img_{i}.png" for i in range(3)
+    }
+    elsewhere = tmp_path / "ls2"
+    out = [*args[:-1], str(elsewhere), "--local_files_root", str(tmp_path)]
+    assert main(out) == 2
+    assert "is not under --local_files_root" in capsys.readouterr().err
+    assert not elsewhere.exists()  # refused before anything was written
+    assert main([*args, "--tasks_per_file", "0"]) == 2
+
+
+def test_sa1b_tar_shards_read_back_with_webdataset(run, tmp_path):
+    import webdataset as wds
+
+    from transforms.decode import decode_image_bytes
+
+    dest = tmp_path / "shards"
+    args = ["export", str(run), "--format", "sa1b-tar", "--dest", str(dest)]
+    assert main([*args, "--shard_images", "2"]) == 0
+    index = json.loads((dest / "index.json").read_text())
+    assert [s["name"] for s in index["shards"]] == ["sa1b-000000.tar", "sa1b-000001.tar"]
+    assert [len(s["keys"]) for s in index["shards"]] == [2, 1]
+    assert index["images"] == 3 and index["skipped"] == []
+    for shard in index["shards"]:
+        assert (dest / shard["name"]).stat().st_size == shard["bytes"]
+    urls = [str(dest / s["name"]) for s in index["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(
+        k for s in index["shards"] for k in s["keys"]
+    )
+    parquet = masks_by_id(run)
+    sa1b = tmp_path / "sa1b"
+    assert main(["export", str(run), "--format", "sa1b", "--dest", str(sa1b)]) == 0
+    plain = {
+        r["image"]["image_uri"]: r for r in (json.loads(p.read_text()) for p in sa1b.glob("*"))
+    }
+    seen = set()
+    for sample in samples:
+        assert set(sample) >= {"__key__", "jpg", "json"}
+        record = json.loads(sample["json"])
+        uri = record["image"]["image_uri"]
+        assert record["image"]["file_name"] == sample["__key__"] + ".jpg"
+        # The same annotations (ids included) as the per-image SA-1B export.
+        assert record["annotations"] == plain[uri]["annotations"]
+        picture = np.asarray(Image.open(io.BytesIO(sample["jpg"])))
+        source = decode_image_bytes(Path(uri).read_bytes())
+        assert (
+            picture.shape
+            == source.shape
+            == (record["image"]["height"], record["image"]["width"], 3)
+        )
+        assert np.abs(picture.astype(int) - source).mean() < 3  # JPEG quality 95
+        for ann in record["annotations"]:
+            seen.add(ann["mask_id"])
+            np.testing.assert_array_equal(
+                decode(ann["segmentation"]).astype(bool), parquet_mask(parquet[ann["mask_id"]])
+            )
+    assert seen == set(parquet)
+
+
+def test_sa1b_tar_shard_size_is_respected(run, tmp_path):
+    dest = tmp_path / "small"
+    args = ["export", str(run), "--format", "sa1b-tar", "--dest", str(dest)]
+    assert main([*args, "--shard_mb", "1000"]) == 0
+    one = json.loads((dest / "index.json").read_text())
+    assert len(one["shards"]) == 1
+    assert one["shards"][0]["bytes"] > tarfile.RECORDSIZE  # all three need two records
+    # One tar record (tarfile pads a tar to whole 10240-byte records): the 3 images cannot
+    # share a shard; a shard may pass the limit only when it holds a single image.
+    limit = tarfile.RECORDSIZE
+    shutil.rmtree(dest)
+    assert main([*args, "--shard_mb", f"{limit / 2**20}"]) == 0
+    index = json.loads((dest / "index.json").read_text())
+    assert len(index["shards"]) >= 2 and index["images"] == 3
+    for shard in index["shards"]:
+        size = (dest / shard["name"]).stat().st_size
+        assert size == shard["bytes"]
+        assert size <= limit or len(shard["keys"]) == 1
+        with tarfile.open(dest / shard["name"]) as tar:
+            names = sorted(tar.getnames())
+        assert names == sorted(f"{k}.{ext}" for k in shard["keys"] for ext in ("jpg", "json"))
+    assert main([*args, "--shard_images", "0"]) == 2
+
+
+def test_sa1b_tar_leaves_out_an_image_whose_source_changed(run, tmp_path):
+    sources = tmp_path / "src"
+    shutil.copytree(run.parent / "images", sources)
+    output = tmp_path / "out"
+    for table in ("images", "masks"):
+        (output / table).mkdir(parents=True)
+        for path in (run / table).glob("*.parquet"):
+            data = pq.read_table(path)
+            uris = [str(sources / Path(u).name) for u in data.column("image_uri").to_pylist()]
+            column = data.schema.get_field_index("image_uri")
+            data = data.set_column(column, data.schema.field(column), pa.array(uris))
+            pq.write_table(data, output / table / path.name)
+    Image.fromarray(scene(99)).save(sources / "img_1.png")  # no longer the mined bytes
+    dest = tmp_path / "shards"
+    assert main(["export", str(output), "--format", "sa1b-tar", "--dest", str(dest)]) == 0
+    index = json.loads((dest / "index.json").read_text())
+    assert index["images"] == 2
+    (skipped,) = index["skipped"]
+    assert skipped["image_uri"] == str(sources / "img_1.png")
+    assert "changed since it was mined" in skipped["error"]
+
+
+def test_streamed_exports_equal_the_whole_run_in_memory(run, tmp_path):
+    from exports.coco import coco_dataset
+    from exports.dataset import index_run, iter_images
+
+    index = index_run(str(run))
+    streamed = sorted(iter_images(str(run), index), key=lambda im: im.image_id)
+    whole = load_run(str(run))
+    assert streamed == whole
+    dest = tmp_path / "coco.json"
+    assert main(["export", str(run), "--format", "coco", "--dest", str(dest)]) == 0
+    written, expected = json.loads(dest.read_text()), coco_dataset(whole)
+    for key in ("images", "annotations", "categories", "licenses"):
+        assert written[key] == json.loads(json.dumps(expected[key])), key
+
+
+def test_an_image_split_over_files_comes_out_once_whole_and_old_files_read(run, tmp_path):
+    from exports.dataset import Progress, index_run, iter_images
+
+    output = tmp_path / "split"
+    shutil.copytree(run, output)
+    (path,) = (output / "masks").glob("*.parquet")
+    masks = pq.read_table(path).sort_by("image_uri")
+    path.unlink()
+    # Two files that each hold part of the middle image; the older one of schema 2.
+    half = masks.num_rows // 2
+    pq.write_table(masks.slice(0, half), output / "masks" / "part-exp-00000-of-00002.parquet")
+    old = masks.slice(half).drop(["parent_mask_id", "depth"])
+    pq.write_table(old, output / "masks" / "part-exp-00001-of-00002.parquet")
+    out = io.StringIO()
+    progress = Progress("test", 3, every_s=0.0, stream=out)
+    images = list(iter_images(str(output), index_run(str(output)), progress))
+    assert sorted(im.uri for im in images) == sorted(set(masks.column("image_uri").to_pylist()))
+    assert sum(len(im.masks) for im in images) == masks.num_rows
+    late = [m for im in images for m in im.masks if m["mask_id"] in set(old["mask_id"].to_pylist())]
+    assert late and all(m["parent_mask_id"] is None and m["depth"] is None for m in late)
+    progress.done()
+    assert out.getvalue().splitlines()[-1] == "test: 3/3 images, done"
+    assert "test: 1/3 images" in out.getvalue()
