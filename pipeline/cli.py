@@ -18,9 +18,9 @@ import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from .config import ConfigError, resolve_defaults
+from .config import ConfigError, is_streaming, resolve_defaults
 from .options import LocalRunOptions, MaskMineOptions, StreamingOptions
-from .parts import mine_in_parts
+from .parts import mine_in_parts, remove_unfinished_runs
 from .run import mine_once, say
 
 SUBCOMMANDS = ("inspect", "export")
@@ -109,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(checkpoint {options.checkpoint or options.model_type})",
         file=sys.stderr,
     )
+    if options.skip_existing and not is_streaming(options):
+        # Before reading what is mined: a killed run's masks must not stay beside the
+        # masks this run mines again for the same images.
+        try:
+            remove_unfinished_runs(options.output)
+        except ConfigError as e:
+            print(f"maskmine: error: {e}", file=sys.stderr)
+            return 2
     if options.view_as(LocalRunOptions).commit_every:
         try:
             status, counts = mine_in_parts(options)

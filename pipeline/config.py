@@ -282,7 +282,7 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     if not dry_run and not is_streaming(options):
         # Last, once every check has passed: a refused run leaves nothing behind.
         try:
-            claim_run_id(options.output, options.run_id)
+            claim_run_id(options.output, options.run_id, local=is_local(options))
         except RunIdTaken as e:
             raise ConfigError(
                 f"--run_id {options.run_id}: another run holds that id under "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import threading
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -62,6 +64,20 @@ def _mine(images, options: MaskMineOptions):
     return kept, mined["errors"]
 
 
+# Test hook: a batch run whose id is $MASKMINE_TEST_HOLD_RUN stops once its masks/ files
+# are committed, before its images/ rows are written: it creates $MASKMINE_TEST_HOLD_FILE
+# and waits there for good, so that a test can SIGKILL it in that window.
+HOLD_RUN, HOLD_FILE = "MASKMINE_TEST_HOLD_RUN", "MASKMINE_TEST_HOLD_FILE"
+
+
+def _held(row, hold: str | None):
+    if hold:
+        with open(hold, "a"):
+            pass
+        threading.Event().wait()  # until the test kills this process
+    return row
+
+
 def _write_tables(
     kept, errors, options: MaskMineOptions, run: Provenance, writer, stamp: bool = False
 ) -> None:
@@ -96,8 +112,9 @@ def _write_tables(
         # files appear only after the masks' and embeddings' files are in place: the side
         # inputs hold this step until those sinks have finished. (Streaming writes each
         # window's tables on their own.)
+        hold = os.environ.get(HOLD_FILE) if os.environ.get(HOLD_RUN) == run_id else None
         image_rows = image_rows | "AfterMasks" >> beam.Map(
-            lambda row, *files: row, *[beam.pvalue.AsList(w) for w in written]
+            lambda row, *files: _held(row, hold), *[beam.pvalue.AsList(w) for w in written]
         )
     image_rows | "WriteImages" >> writer(options.output, layout.IMAGES, run_id)
     (

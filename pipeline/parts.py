@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import os
+import posixpath
+import re
 import tempfile
 from typing import NamedTuple
 
@@ -18,10 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from schemas import layout
 from transforms.records import Failure
 from transforms.uris import list_image_uris
 
-from .config import mined_images_pattern, options_extensions
+from .claims import is_dead, read_claim
+from .config import ConfigError, mined_images_pattern, options_extensions
 from .options import LocalRunOptions, MaskMineOptions
 from .run import mine_once, say
 
@@ -50,6 +54,66 @@ class Plan(NamedTuple):
     skipped: int
     listing_errors: list[Failure]
     by_extension: int
+
+
+# A batch run's part file (WriteToParquet's shard template), and the id of a part's run.
+_BATCH_FILE = re.compile(r"^part-(?P<run>.+)-(?P<shard>\d{5})-of-(?P<total>\d{5})\.parquet$")
+_PART_ID = re.compile(r"^(?P<run>.+)-part\d{5}$")
+
+
+def unfinished_runs(output: str) -> dict[str, list[str]]:
+    """Batch runs under `output` that were killed before their images/ files were all in
+    place, with their part files (images/ first): run id -> paths.
+
+    A batch run commits masks/ and embeddings/ before images/ (pipeline/graph.py), so a
+    kill in between leaves masks no images/ row points to; `--skip_existing` would mine
+    those images again and the raw masks table would hold their masks twice. A run counts
+    as killed only when its claim (OUTPUT/_runs/) says it ran in a process of this host
+    that is gone: a run still going, on another host or on Dataflow, is never touched.
+    """
+    files: dict[str, dict[str, list[tuple[str, int]]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list)
+    )
+    for table in layout.TABLES:
+        pattern = layout.table_glob(output, table)
+        try:
+            found = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:
+            raise ConfigError(f"--skip_existing: cannot list {pattern}: {e}") from e
+        for meta in found:
+            m = _BATCH_FILE.match(posixpath.basename(meta.path))
+            if m:
+                files[m["run"]][table].append((meta.path, int(m["total"])))
+    unfinished = {}
+    for run_id, tables in files.items():
+        images = tables.get(layout.IMAGES, [])
+        if images and len(images) == images[0][1]:
+            continue  # every images/ shard is in place: the run finished
+        part = _PART_ID.match(run_id)
+        claim = read_claim(output, run_id) or (part and read_claim(output, part["run"]))
+        if claim and is_dead(claim):
+            order = [layout.IMAGES, *(t for t in layout.TABLES if t != layout.IMAGES)]
+            unfinished[run_id] = [p for t in order for p, _ in tables.get(t, [])]
+    return unfinished
+
+
+def remove_unfinished_runs(output: str) -> int:
+    """Delete the part files of `unfinished_runs`, images/ first (a kill midway leaves
+    masks without images, which the next run removes, never images without masks);
+    the number of files removed. ConfigError if a file cannot be deleted."""
+    removed = 0
+    for run_id, paths in sorted(unfinished_runs(output).items()):
+        say(
+            f"run {run_id} was killed before all its images/ files were written: removing "
+            f"its {len(paths)} part file(s), its images are mined again"
+        )
+        for path in paths:
+            try:
+                FileSystems.delete([path])
+            except Exception as e:
+                raise ConfigError(f"--skip_existing: cannot remove {path}: {e}") from e
+            removed += 1
+    return removed
 
 
 def plan_parts(options: MaskMineOptions) -> Plan:

@@ -401,3 +401,87 @@ def test_mask_ids_are_unique_in_a_run_with_copies_and_degenerate_images(tmp_path
     by_uri = collections.Counter(Path(m["image_uri"]).name for m in masks)
     assert by_uri["a.png"] == by_uri["copy_of_a.png"] > 0
     assert all(m["area"] > 0 and np.isfinite(m["stability_score"]) for m in masks)
+
+
+def test_a_sigkill_between_a_parts_masks_and_images_leaves_each_mask_once(tmp_path, capsys):
+    # A real kill in the window (a hook holds the part there): its masks/ files are in
+    # place, its images/ file is not. The resuming --skip_existing run mines those images
+    # again and must remove the killed part's masks, or the raw table holds them twice.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.graph import HOLD_FILE, HOLD_RUN
+
+    folder = tmp_path / "in"
+    good = write_good_images(folder)
+    output, flag = tmp_path / "out", tmp_path / "held"
+    args = [f"--input={folder}", f"--output={output}", *FAST, "--commit_every=2"]
+    args += [f"--checkpoint={FIXTURES / 'sam_tiny.pth'}"]
+    env = {**os.environ, HOLD_RUN: "a-part00001", HOLD_FILE: str(flag)}
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--runner=DirectRunner", *args, "--run_id=a"],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not flag.exists():  # the condition: the part reached the window
+            assert killed.poll() is None, killed.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached the window"
+            time.sleep(0.05)
+        os.kill(killed.pid, signal.SIGKILL)
+    finally:
+        killed.kill()
+        killed.wait()
+        killed.stderr.close()
+    assert killed.returncode == -signal.SIGKILL
+    names = {t: sorted(p.name for p in (output / t).glob("*.parquet")) for t in ("masks", "images")}
+    assert any(n.startswith("part-a-part00001-") for n in names["masks"])
+    assert not any(n.startswith("part-a-part00001-") for n in names["images"])
+
+    run([*args, "--run_id=b", "--skip_existing"])
+    images = read_table(output, "images").to_pylist()
+    assert sorted(r["image_uri"] for r in images) == sorted(good)
+    masks = read_table(output, "masks").to_pylist()  # the raw table, every file
+    ids = [m["mask_id"] for m in masks]
+    assert len(ids) == len(set(ids)) > 0
+    mined = {r["image_uri"]: r["masks_kept"] for r in images}
+    assert collections.Counter(m["image_uri"] for m in masks) == {
+        u: n for u, n in mined.items() if n
+    }
+    assert not list(output.glob("*/part-a-part00001-*.parquet"))
+    err = capsys.readouterr().err
+    assert "run a-part00001 was killed before all its images/ files were written" in err
+
+
+def test_unfinished_runs_are_only_those_whose_process_is_gone(tmp_path):
+    # A run still going (this process), one of another host and a finished one are kept.
+    import json
+    import socket
+
+    from pipeline.claims import claim_run_id
+    from pipeline.parts import unfinished_runs
+
+    output = tmp_path / "out"
+    for table in ("masks", "images"):
+        (output / table).mkdir(parents=True)
+    claim_run_id(str(output), "alive")
+    runs = output / "_runs"
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 12345, "local": True}
+    (runs / "dead.json").write_text(json.dumps(dead))
+    (runs / "elsewhere.json").write_text(json.dumps({**dead, "host": "another-host"}))
+    (runs / "remote.json").write_text(json.dumps({**dead, "local": False}))
+    for run_id in ("alive", "dead-part00003", "elsewhere", "remote", "dead-part00000"):
+        (output / "masks" / f"part-{run_id}-00000-of-00001.parquet").write_bytes(b"")
+    (output / "images" / "part-dead-part00000-00000-of-00001.parquet").write_bytes(b"")
+    # Two shards, one in place: killed while renaming them.
+    (output / "masks" / "part-dead-part00004-00000-of-00001.parquet").write_bytes(b"")
+    (output / "images" / "part-dead-part00004-00001-of-00002.parquet").write_bytes(b"")
+    found = unfinished_runs(str(output))
+    assert sorted(found) == ["dead-part00003", "dead-part00004"]
+    assert [Path(p).parent.name for p in found["dead-part00004"]] == ["images", "masks"]
