@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from .coco import export_coco_streaming
 from .dataset import Progress, index_run, iter_images
-from .inspect import DEFAULT_IMAGES, DEFAULT_MAX_MASKS, inspect_run
+from .inspect import DEFAULT_IMAGES, DEFAULT_TOP_K, inspect_run
 from .labelstudio import DEFAULT_TASKS_PER_FILE, export_labelstudio, image_url
 from .sa1b import export_sa1b, json_names
 from .sa1b_tar import DEFAULT_SHARD_IMAGES, DEFAULT_SHARD_MB, export_sa1b_tar
@@ -46,11 +46,21 @@ def inspect_parser() -> argparse.ArgumentParser:
         help="destination folder, local or gs:// (default OUTPUT/inspect)",
     )
     parser.add_argument(
+        "--top_k",
+        "--top-k",
         "--max_masks",
         "--max-masks",
+        dest="top_k",
         type=int,
-        default=DEFAULT_MAX_MASKS,
-        help="draw at most this many masks per image, highest predicted IoU first (0: all)",
+        default=DEFAULT_TOP_K,
+        help="draw the K masks of each image with the highest predicted IoU (0: all; "
+        f"default {DEFAULT_TOP_K}); --max_masks is the older name",
+    )
+    parser.add_argument(
+        "--boxes", action="store_true", help="also outline each mask's box in its colour"
+    )
+    parser.add_argument(
+        "--points", action="store_true", help="also mark each mask's prompt point(s)"
     )
     return parser
 
@@ -103,7 +113,9 @@ def inspect_main(argv: list[str]) -> int:
     args = inspect_parser().parse_args(argv)
     dest = args.out or FileSystems.join(args.output, "inspect")
     try:
-        result = inspect_run(args.output, dest, args.images, args.max_masks)
+        if args.top_k < 0:
+            raise RunError(f"--top_k must be 0 (all) or more, got {args.top_k}")
+        result = inspect_run(args.output, dest, args.images, args.top_k, args.boxes, args.points)
     except RunError as e:
         return _fail("inspect", e)
     print(

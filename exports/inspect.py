@@ -25,11 +25,13 @@ from transforms.uris import normalize_uri
 from . import render
 from .dataset import RunImage, keep_newest, load_run, newest_runs
 from .files import write_bytes, write_text
-from .page import ImageEntry, RunFacts, render_page
+from .page import ImageEntry, MaskScore, RunFacts, render_page
 from .tables import RunError, check_run, read_table
 
 DEFAULT_IMAGES = 8
-DEFAULT_MAX_MASKS = 100
+# Masks drawn per image, highest predicted IoU first: beyond a few dozen overlapping
+# fills the picture turns into a colour mush (the demo keeps about 120 per image).
+DEFAULT_TOP_K = 40
 _ERRORS_LISTED = 50
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -82,16 +84,19 @@ def source_pixels(image: RunImage) -> tuple[np.ndarray, str]:
     return pixels, ""
 
 
-def shown_masks(image: RunImage, max_masks: int) -> list[dict]:
-    """Masks to draw: all, or the `max_masks` with the highest predicted IoU (0 = all)."""
-    masks = image.masks
-    if 0 < max_masks < len(masks):
-        masks = sorted(masks, key=lambda m: -m["predicted_iou"])[:max_masks]
-    return masks
+def shown_masks(image: RunImage, top_k: int) -> list[dict]:
+    """Masks to draw: the `top_k` with the highest predicted IoU (0 = all), best first."""
+    masks = sorted(image.masks, key=lambda m: -m["predicted_iou"])
+    return masks[:top_k] if top_k > 0 else masks
 
 
-def overlay_png(pixels: np.ndarray, masks: Sequence[dict]) -> bytes:
-    """PNG of `masks` (masks-table rows) over `pixels`, largest drawn first."""
+def overlay_png(
+    pixels: np.ndarray, masks: Sequence[dict], boxes: bool = False, points: bool = False
+) -> tuple[bytes, list[tuple[dict, np.ndarray]]]:
+    """PNG of `masks` (masks-table rows) over `pixels`, largest drawn first, and each
+    mask with its (3,) uint8 colour in the picture, in the order of `masks`.
+
+    boxes / points: also outline each mask's box / mark its prompt points."""
     order = render.draw_order(masks)
     rows = [masks[i] for i in order]
     colours = render.distinct_colours(len(rows))
@@ -101,9 +106,17 @@ def overlay_png(pixels: np.ndarray, masks: Sequence[dict]) -> bytes:
         if rows
         else np.zeros((0, h, w), bool)
     )
-    boxes = np.array([m["bbox"] for m in rows], dtype=np.float64).reshape(-1, 4)
-    points = [np.asarray(m["point_coords"], dtype=np.float64) for m in rows]
-    return render.render_overlay(pixels, decoded, boxes, points, colours)
+    png = render.render_overlay(
+        pixels,
+        decoded,
+        colours,
+        boxes=np.array([m["bbox"] for m in rows], dtype=np.float64).reshape(-1, 4)
+        if boxes
+        else None,
+        points=[np.asarray(m["point_coords"], dtype=np.float64) for m in rows] if points else None,
+    )
+    colour_of = {i: colours[j] for j, i in enumerate(order)}
+    return png, [(m, colour_of[i]) for i, m in enumerate(masks)]
 
 
 def overlay_name(index: int, uri: str) -> str:
@@ -172,22 +185,32 @@ def inspect_run(
     output: str,
     dest: str,
     selection: Sequence[str] | None = None,
-    max_masks: int = DEFAULT_MAX_MASKS,
+    top_k: int = DEFAULT_TOP_K,
+    boxes: bool = False,
+    points: bool = False,
 ) -> InspectResult:
-    """Write the overlays of the chosen images, the summary and index.html under `dest`."""
+    """Write the overlays of the chosen images, the summary and index.html under `dest`.
+
+    top_k: masks drawn per image, highest predicted IoU first (0: all); boxes, points:
+    also draw each mask's box and prompt points."""
     check_run(output)
     all_uris = read_table(output, "images", ["image_uri"]).column(0).to_pylist()
     uris = choose_uris(all_uris, selection)
     facts, summary_png = run_facts(output)
+    extras = [
+        what for what, on in (("boxes outlined", boxes), ("prompt points marked", points)) if on
+    ]
+    facts = dataclasses.replace(facts, drawn_extras="".join(f"; {e}" for e in extras))
     summary = FileSystems.join(dest, "summary.png")
     write_bytes(summary, summary_png)
     entries, overlays = [], []
     for i, image in enumerate(load_run(output, uris)):
         pixels, note = source_pixels(image)
-        masks = shown_masks(image, max_masks)
+        masks = shown_masks(image, top_k)
         name = overlay_name(i, image.uri)
         path = FileSystems.join(dest, *name.split("/"))
-        write_bytes(path, overlay_png(pixels, masks))
+        png, drawn = overlay_png(pixels, masks, boxes, points)
+        write_bytes(path, png)
         overlays.append(path)
         entries.append(
             ImageEntry(
@@ -199,6 +222,15 @@ def inspect_run(
                 masks_shown=len(masks),
                 overlay=name,
                 note=note,
+                scores=[
+                    MaskScore(
+                        colour="#{:02x}{:02x}{:02x}".format(*(int(c) for c in colour)),
+                        predicted_iou=float(m["predicted_iou"]),
+                        stability_score=float(m["stability_score"]),
+                        area=int(m["area"]),
+                    )
+                    for m, colour in drawn
+                ],
             )
         )
     index = FileSystems.join(dest, "index.html")

@@ -1,4 +1,5 @@
-"""Pictures of a run with matplotlib (Agg, no display): mask overlays and a summary figure.
+"""Pictures of a run: mask overlays (numpy and PIL, pixel-exact) and a summary figure
+(matplotlib, Agg, no display).
 
 The figures are built on `matplotlib.figure.Figure` directly, not pyplot, so no global
 backend or figure state is touched and nothing needs closing.
@@ -13,10 +14,13 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from PIL import Image, ImageDraw
 
-OVERLAY_ALPHA = 0.55
+OVERLAY_ALPHA = 0.5
+# Outline of each mask, px of the PNG: opaque, in the mask's colour, so that a mask's
+# extent reads even where fills of overlapping masks mix.
+OUTLINE_WIDTH = 2
 # Overlays are drawn at an integer multiple of the image size (nearest neighbour), so that
 # PNG pixel (y, x) // scale is image pixel (y, x); large images are shrunk instead.
 TARGET_SIDE = 768
@@ -58,48 +62,87 @@ def overlay_scale(height: int, width: int) -> float:
     return float(max(1, TARGET_SIDE // side)) if side <= TARGET_SIDE else TARGET_SIDE / side
 
 
+def edge(mask: np.ndarray, width: int) -> np.ndarray:
+    """(H, W) bool: the pixels of `mask` within `width` px of its outside (4-neighbour).
+
+    The image border does not count as outside: a mask cut by the border is not
+    outlined along it, so the outline shows only where the object ends.
+    """
+    inner = mask.copy()
+    for _ in range(width):
+        shrunk = inner.copy()
+        shrunk[1:] &= inner[:-1]
+        shrunk[:-1] &= inner[1:]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    return mask & ~inner
+
+
+def _resized(image: np.ndarray, masks: np.ndarray, size: tuple[int, int], scale: float):
+    """image and masks at `size` (width, height): pixel copies at an integer scale, a
+    filtered shrink (image) and nearest neighbour (masks) below 1."""
+    if scale >= 1:
+        s = int(scale)
+        big = image.repeat(s, axis=0).repeat(s, axis=1)
+        return big, masks.repeat(s, axis=1).repeat(s, axis=2)
+    big = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    small = [
+        np.asarray(Image.fromarray(m.astype(np.uint8)).resize(size, Image.Resampling.NEAREST)) > 0
+        for m in masks
+    ]
+    return big, np.stack(small) if small else np.zeros((0, size[1], size[0]), bool)
+
+
 def render_overlay(
     image: np.ndarray,
     masks: np.ndarray,
-    boxes: np.ndarray,
-    points: Sequence[np.ndarray],
     colours: np.ndarray,
+    boxes: np.ndarray | None = None,
+    points: Sequence[np.ndarray] | None = None,
 ) -> bytes:
-    """PNG bytes of the overlay: masks tinted (see `blend`), each mask's box (XYWH px) outlined
-    and its prompt points ((K, 2) xy px) marked, all in the mask's colour.
+    """PNG bytes of the overlay, in the style of the SAM demo.
 
-    image: (H, W, 3) uint8; masks: (N, H, W) bool; boxes: (N, 4); colours: (N, 3) uint8.
-    The PNG is round(W * s) x round(H * s) pixels, s = overlay_scale(H, W), with no margins.
+    Each mask is filled with its colour at OVERLAY_ALPHA and outlined in it, opaque,
+    OUTLINE_WIDTH px wide at the PNG's resolution, one mask after another in the given
+    order (pass larger masks first, see draw_order: small ones stay on top). Boxes
+    ((N, 4) XYWH image px) and prompt points ((K, 2) xy image px per mask) are drawn in
+    the mask's colour only when given.
+
+    image: (H, W, 3) uint8; masks: (N, H, W) bool; colours: (N, 3) uint8.
+    The PNG is round(W * s) x round(H * s) pixels, s = overlay_scale(H, W), no margins.
     """
     h, w = image.shape[:2]
     scale = overlay_scale(h, w)
-    fig = Figure(figsize=(w * scale / _DPI, h * scale / _DPI), dpi=_DPI)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_axis_off()
-    ax.imshow(
-        blend(image, masks, colours), interpolation="nearest" if scale >= 1 else "antialiased"
-    )
-    line = max(1.0, 1.5 * min(scale, 3.0) / 2)
-    for (x, y, bw, bh), pts, colour in zip(boxes, points, colours / 255.0):
-        # A box spans pixel centres x..x+bw; its outline goes round the pixels' outer edges.
-        ax.add_patch(
-            Rectangle((x - 0.5, y - 0.5), bw + 1, bh + 1, fill=False, edgecolor=colour, lw=line)
-        )
-        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-        # Black-edged dots: visible on the tint of their own mask.
-        ax.scatter(
-            pts[:, 0],
-            pts[:, 1],
-            s=(5 * line) ** 2,  # points^2
-            c=[colour],
-            edgecolors="black",
-            linewidths=0.8 * line,
-            zorder=3,
-        )
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    canvas, masks = _resized(image, masks, size, scale)
+    out = canvas.astype(np.float32)
+    for mask, colour in zip(masks, colours.astype(np.float32)):
+        out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * colour
+        out[edge(mask, OUTLINE_WIDTH)] = colour
+    picture = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    line = max(1, round(min(scale, 3.0)))
+    if boxes is not None:
+        for (x, y, bw, bh), colour in zip(boxes, colours):
+            # Round the outer edges of the box's pixels x .. x + bw - 1.
+            corners = [x * scale, y * scale, (x + bw) * scale - 1, (y + bh) * scale - 1]
+            draw.rectangle(corners, outline=tuple(int(c) for c in colour), width=line)
+    if points is not None:
+        radius = 3 * line + 1
+        for pts, colour in zip(points, colours):
+            for px, py in np.asarray(pts, dtype=np.float64).reshape(-1, 2):
+                # Image pixel (x, y) spans PNG pixels x * s .. (x + 1) * s: its centre.
+                cx, cy = (px + 0.5) * scale, (py + 0.5) * scale
+                # Black-edged dots: visible on the tint of their own mask.
+                draw.ellipse(
+                    [cx - radius, cy - radius, cx + radius, cy + radius],
+                    fill=tuple(int(c) for c in colour),
+                    outline=(0, 0, 0),
+                    width=max(1, line // 2),
+                )
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    picture.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -46,8 +46,13 @@ def run(tmp_path_factory) -> dict:
     ]
     assert main(args) == 0
     dest = root / "pictures"
-    assert main(["inspect", str(output), "--out", str(dest), "--max_masks", "0"]) == 0
-    return {"output": output, "dest": dest, "images": images}
+    assert main(["inspect", str(output), "--out", str(dest), "--top_k", "0"]) == 0
+    extras = root / "extras"
+    assert (
+        main(["inspect", str(output), "--out", str(extras), "--top-k=0", "--boxes", "--points"])
+        == 0
+    )
+    return {"output": output, "dest": dest, "extras": extras, "images": images}
 
 
 def png(path: Path) -> np.ndarray:
@@ -69,45 +74,73 @@ def test_inspect_writes_one_overlay_per_image_a_summary_and_a_page(run):
     assert len(expected) == 3  # two PNGs and the rotated JPEG; the broken file is an error
 
 
-def test_overlays_have_the_image_size_and_tint_every_mask_pixel(run):
+def decoded_masks(masks: list[dict]) -> np.ndarray:
+    return np.stack([mask_utils.decode(m["segmentation"]).astype(bool) for m in masks])
+
+
+def source_at_scale(row: dict) -> tuple[np.ndarray, int]:
+    """The mined pixels blown up to the overlay's size (int16), and the scale."""
+    s = int(render.overlay_scale(row["image_height"], row["image_width"]))
+    source = decode_image_bytes(Path(row["image_uri"]).read_bytes()).astype(np.int16)
+    return source.repeat(s, axis=0).repeat(s, axis=1), s
+
+
+def test_overlays_have_the_image_size_and_change_exactly_the_mask_pixels(run):
     for i, (row, masks) in enumerate(mined(run)):
         h, w = row["image_height"], row["image_width"]
         scale = render.overlay_scale(h, w)
         assert scale == int(scale) >= 2, "test images are small: drawn at an integer scale"
-        s = int(scale)
-        picture = png(run["dest"] / overlay_name(i, row["image_uri"]))
-        assert picture.shape == (h * s, w * s, 3)
-        # One PNG pixel per image pixel, from the middle of each s x s block.
-        sampled = picture[s // 2 :: s, s // 2 :: s].astype(np.int16)
-        source = decode_image_bytes(Path(row["image_uri"]).read_bytes()).astype(np.int16)
-        assert sampled.shape == source.shape
-        covered = np.zeros((h, w), bool)
-        for m in masks:
-            covered |= mask_utils.decode(m["segmentation"]).astype(bool)
-        assert masks and covered.any(), "the run mined no masks to draw"
-        changed = np.abs(sampled - source).max(axis=2) > 2
-        assert changed[covered].mean() > 0.9, "mask pixels must be tinted"
-        # Off the masks only box outlines and prompt dots change pixels: most stay as is.
-        if (~covered).sum() > 50:
-            assert changed[~covered].mean() < 0.5
+        picture = png(run["dest"] / overlay_name(i, row["image_uri"])).astype(np.int16)
+        source, s = source_at_scale(row)
+        assert picture.shape == source.shape == (h * s, w * s, 3)
+        assert masks, "the run mined no masks to draw"
+        covered = decoded_masks(masks).any(axis=0).repeat(s, axis=0).repeat(s, axis=1)
+        changed = np.abs(picture - source).max(axis=2) > 2
+        # Every mask pixel is filled (a fill can only miss where its colour is the
+        # image's), and by default nothing else is drawn: no box, no dot.
+        assert changed[covered].mean() > 0.98, changed[covered].mean()
+        assert not changed[~covered].any(), "pixels off the masks changed"
+
+
+def box_outline_off_masks(row: dict, masks: list[dict], s: int) -> np.ndarray:
+    """(H * s, W * s) bool: PNG pixels on the masks' box outlines that no mask covers."""
+    h, w = row["image_height"], row["image_width"]
+    outline = np.zeros((h * s, w * s), bool)
+    for m in masks:
+        x, y, bw, bh = (int(v) for v in m["bbox"])
+        x0, y0, x1, y1 = x * s, y * s, (x + bw) * s - 1, (y + bh) * s - 1
+        outline[y0, x0 : x1 + 1] = outline[y1, x0 : x1 + 1] = True
+        outline[y0 : y1 + 1, x0] = outline[y0 : y1 + 1, x1] = True
+    covered = decoded_masks(masks).any(axis=0).repeat(s, axis=0).repeat(s, axis=1)
+    return outline & ~covered
+
+
+def test_boxes_are_drawn_only_on_request(run):
+    drawn_off_masks = 0
+    for i, (row, masks) in enumerate(mined(run)):
+        source, s = source_at_scale(row)
+        off = box_outline_off_masks(row, masks, s)
+        default = png(run["dest"] / overlay_name(i, row["image_uri"])).astype(np.int16)
+        extras = png(run["extras"] / overlay_name(i, row["image_uri"])).astype(np.int16)
+        assert (default[off] == source[off]).all(), "a box outline drawn by default"
+        drawn_off_masks += (np.abs(extras[off] - source[off]).max(axis=1) > 2).sum()
+    assert drawn_off_masks > 100, "--boxes drew no box outline off the masks"
 
 
 def test_distinct_masks_show_in_distinct_colours(run):
-    """The tint colour, recovered from the picture on pixels covered by one mask only,
-    differs from mask to mask."""
+    """The fill colour, recovered from the picture on pixels inside one mask only (away
+    from its outline), differs from mask to mask."""
     alpha = render.OVERLAY_ALPHA
     recovered = []
     for i, (row, masks) in enumerate(mined(run)):
-        s = int(render.overlay_scale(row["image_height"], row["image_width"]))
-        picture = png(run["dest"] / overlay_name(i, row["image_uri"]))
-        sampled = picture[s // 2 :: s, s // 2 :: s].astype(np.float64)
-        source = decode_image_bytes(Path(row["image_uri"]).read_bytes()).astype(np.float64)
-        decoded = np.stack([mask_utils.decode(m["segmentation"]).astype(bool) for m in masks])
+        picture = png(run["dest"] / overlay_name(i, row["image_uri"])).astype(np.float64)
+        source, s = source_at_scale(row)
+        decoded = decoded_masks(masks).repeat(s, axis=1).repeat(s, axis=2)
         alone = decoded & (decoded.sum(axis=0) == 1)
         colours = [
-            np.median((sampled[only] - (1 - alpha) * source[only]) / alpha, axis=0)
-            for only in alone
-            if only.sum() >= 10
+            np.median((picture[inner] - (1 - alpha) * source[inner]) / alpha, axis=0)
+            for only, mask in zip(alone, decoded)
+            if (inner := only & ~render.edge(mask, render.OUTLINE_WIDTH)).sum() >= 10 * s * s
         ]
         recovered += colours
         for a in range(len(colours)):
@@ -116,10 +149,23 @@ def test_distinct_masks_show_in_distinct_colours(run):
     assert len(recovered) >= 3, "too few masks with pixels of their own to compare"
 
 
-def test_prompt_points_are_marked_in_their_masks_colour(run):
+def test_each_mask_is_outlined_in_its_colour(run):
+    row, masks = mined(run)[0]
+    picture = png(run["dest"] / overlay_name(0, row["image_uri"])).astype(np.int16)
+    _, s = source_at_scale(row)
+    order = render.draw_order(masks)
+    colours = render.distinct_colours(len(masks))
+    decoded = decoded_masks([masks[k] for k in order]).repeat(s, axis=1).repeat(s, axis=2)
+    # The last mask drawn lies on top of all others: its outline shows whole, opaque.
+    top = render.edge(decoded[-1], render.OUTLINE_WIDTH)
+    assert top.sum() > 0
+    assert (np.abs(picture[top] - colours[-1]).max(axis=1) <= 1).all()
+
+
+def test_prompt_points_are_marked_in_their_masks_colour_on_request(run):
     row, masks = mined(run)[0]
     s = int(render.overlay_scale(row["image_height"], row["image_width"]))
-    picture = png(run["dest"] / overlay_name(0, row["image_uri"])).astype(np.int16)
+    picture = png(run["extras"] / overlay_name(0, row["image_uri"])).astype(np.int16)
     colours = render.distinct_colours(len(masks))
     order = render.draw_order(masks)
     colour_of = {masks[k]["mask_id"]: colours[j] for j, k in enumerate(order)}
@@ -131,6 +177,40 @@ def test_prompt_points_are_marked_in_their_masks_colour(run):
         centre = picture[int((y + 0.5) * s), int((x + 0.5) * s)]
         # A later mask from the same prompt point draws its dot on top: any of them.
         assert min(np.abs(centre - c).max() for c in candidates) <= 3, (x, y)
+
+
+def test_top_k_draws_the_k_best_scored_masks_and_the_page_lists_their_scores(run, tmp_path):
+    dest = tmp_path / "top2"
+    assert main(["inspect", str(run["output"]), "--out", str(dest), "--top_k", "2"]) == 0
+    page = (dest / "index.html").read_text()
+    left_out = 0
+    for i, (row, masks) in enumerate(mined(run)):
+        best = sorted(masks, key=lambda m: -m["predicted_iou"])[:2]
+        rest = [m for m in masks if m not in best]
+        picture = png(dest / overlay_name(i, row["image_uri"])).astype(np.int16)
+        source, s = source_at_scale(row)
+        drawn = decoded_masks(best).any(axis=0).repeat(s, axis=0).repeat(s, axis=1)
+        changed = np.abs(picture - source).max(axis=2) > 2
+        assert not changed[~drawn].any(), "a mask beyond the top 2 was drawn"
+        assert changed[drawn].mean() > 0.98
+        if rest:  # drawn in the full picture, they change its pixels
+            full = png(run["dest"] / overlay_name(i, row["image_uri"])).astype(np.int16)
+            left_out += int((full != picture).any(axis=2).sum())
+        for m in best:
+            assert f"<td>{m['predicted_iou']:.3f}</td><td>{m['stability_score']:.3f}</td>" in page
+    # The check can fail: the masks left out show in the picture of all masks.
+    assert left_out > 0
+    assert page.count('<span class="swatch"') == sum(min(2, len(m)) for _, m in mined(run))
+    assert main(["inspect", str(run["output"]), "--out", str(dest), "--top_k", "-1"]) == 2
+
+
+def test_the_page_links_each_image_to_its_overlay_and_lists_every_drawn_score(run):
+    page = (run["dest"] / "index.html").read_text()
+    for i, (row, masks) in enumerate(mined(run)):
+        assert f'<a href="{overlay_name(i, row["image_uri"])}">overlay</a>' in page
+        assert f"scores of the {len(masks)} masks drawn" in page
+    rows = page.count('<span class="swatch"')
+    assert rows == sum(len(masks) for _, masks in mined(run))
 
 
 def test_the_rotated_jpeg_is_drawn_as_it_was_mined(run):
