@@ -27,6 +27,7 @@ from transforms.postprocess import QualityThresholds
 from transforms.records import Provenance
 from transforms.uris import (
     IMAGE_EXTENSIONS,
+    endpoint_problem,
     has_glob,
     is_manifest,
     location_problem,
@@ -164,6 +165,13 @@ def _check_locations(options: MaskMineOptions) -> None:
     named = [("--output", options.output)]
     named += [("--checkpoint", options.checkpoint)] if options.checkpoint else []
     named += [("--input", i.removeprefix("manifest:")) for i in options.input or []]
+    gcs = [(flag, uri) for flag, uri in named if uri.startswith("gs://")]
+    if gcs:
+        # Bounded: the client's own retries would leave a dead endpoint silent for minutes.
+        problem = endpoint_problem()
+        if problem:
+            flag, uri = gcs[0]
+            raise ConfigError(f"{flag} {uri}: {problem}")
     for flag, uri in named:
         problem = location_problem(uri)
         if problem:

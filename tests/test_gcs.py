@@ -114,3 +114,52 @@ def test_transient_503s_are_retried_without_losing_or_duplicating_rows(gcs, inpu
     reference = sorted(m["mask_id"] for m in _read_table(gcs["bucket"], "out/masks/"))
     if reference:  # the clean run of this module: the same masks
         assert sorted(ids) == reference
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--input", "--output"])
+def test_an_endpoint_that_refuses_fails_fast_naming_the_flag(tmp_path, monkeypatch, capsys, flag):
+    # Nothing listens on the port: the client's own retries took ~170 s to say so.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    args = {
+        "--checkpoint": f"--checkpoint={FIXTURES / 'sam_tiny.pth'}",
+        "--input": f"--input={tmp_path / 'in'}",
+        "--output": f"--output={tmp_path / 'out'}",
+    }
+    args[flag] = f"{flag}=gs://{BUCKET}/x/"
+    start = time.monotonic()
+    assert main(["--runner=DirectRunner", *args.values(), *FAST]) == 2
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert f"{flag} gs://{BUCKET}/x/: the GCS endpoint http://127.0.0.1:{port}" in err
+    assert "(from STORAGE_EMULATOR_HOST) does not answer (connection refused" in err
+    assert not (tmp_path / "out").exists()  # nothing written anywhere
+
+
+def test_an_endpoint_that_accepts_but_never_answers_fails_within_the_bound(monkeypatch):
+    # Connections are accepted (the kernel's backlog) but no byte ever comes back.
+    import socket
+
+    from transforms import uris
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(uris, "GCS_ATTEMPT_SECONDS", 1.0)
+        start = time.monotonic()
+        problem = uris.endpoint_problem(seconds=3.0)
+        took = time.monotonic() - start
+    assert problem is not None and "no answer within 1 s" in problem, problem
+    assert 2.0 < took < 6.0, took
+
+
+def test_an_endpoint_that_answers_anything_passes(gcs):
+    # The emulator (behind the test proxy) answers; whatever the status, it is reachable.
+    from transforms.uris import endpoint_problem
+
+    assert endpoint_problem(seconds=5.0) is None

@@ -18,6 +18,7 @@ import io
 import os
 import posixpath
 import re
+import time
 from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
@@ -289,6 +290,63 @@ def read_error_reason(e: BaseException) -> str:
         return "is a directory"
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# How long a startup check waits for the GCS endpoint to answer at all, and at most per
+# attempt. The client's own retries (google-cloud-storage's DEFAULT_RETRY: 120 s, plus
+# Beam's credential lookup) left an unreachable endpoint silent for ~170 s.
+GCS_ANSWER_SECONDS = 20.0
+GCS_ATTEMPT_SECONDS = 5.0
+GCS_ENDPOINT = "https://storage.googleapis.com"
+
+
+def gcs_endpoint() -> str:
+    """The endpoint google-cloud-storage talks to: $STORAGE_EMULATOR_HOST (scheme
+    included, as the client takes it), $API_ENDPOINT_OVERRIDE, or Google's."""
+    for var in ("STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE"):
+        if os.environ.get(var):
+            value = os.environ[var]
+            return value if "://" in value else f"http://{value}"
+    return GCS_ENDPOINT
+
+
+def endpoint_problem(seconds: float | None = None) -> str | None:
+    """Why the GCS endpoint does not answer HTTP within `seconds` (default
+    GCS_ANSWER_SECONDS), or None once it answers anything (any status: credentials and
+    buckets are checked after). Retries with backoff until then; a refused connection
+    three times running is final sooner (nothing listens there)."""
+    import requests  # google-cloud-storage's transport: the same proxies and certificates
+
+    seconds = GCS_ANSWER_SECONDS if seconds is None else seconds
+    endpoint = gcs_endpoint()
+    start = time.monotonic()
+    deadline, pause, refused, reason = start + seconds, 0.25, 0, "no attempt"
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            requests.get(endpoint, timeout=max(0.1, min(GCS_ATTEMPT_SECONDS, left)))
+            return None
+        except requests.ConnectionError as e:
+            refused = refused + 1 if "refused" in str(e).lower() else 0
+            reason = "connection refused" if refused else f"cannot connect: {_first_line(e)}"
+        except requests.Timeout:
+            refused, reason = 0, f"no answer within {GCS_ATTEMPT_SECONDS:g} s"
+        except requests.RequestException as e:
+            refused, reason = 0, _first_line(e)
+        if refused >= 3 or time.monotonic() + pause >= deadline:
+            break
+        time.sleep(pause)  # backoff between attempts, not a wait for a condition
+        pause = min(pause * 2, 4.0)
+    where = " (from STORAGE_EMULATOR_HOST)" if os.environ.get("STORAGE_EMULATOR_HOST") else ""
+    return (
+        f"the GCS endpoint {endpoint}{where} does not answer ({reason}; gave up after "
+        f"{time.monotonic() - start:.0f} s)"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
 
 
 def location_problem(uri: str) -> str | None:
