@@ -3,10 +3,10 @@
 DEST/labeling_config.xml is the project's labeling config (an Image and a BrushLabels
 tag); DEST/tasks-NNNNN.json are JSON lists of tasks to import with it, each
     {"data": {"image": URL, "image_uri", "image_id"},
-     "predictions": [{"model_version", "score" (mean predicted IoU),
+     "predictions": [{"model_version", "score" (mean of the results'),
                       "result": [{"id": mask_id, "type": "brushlabels", "from_name": "mask",
                                   "to_name": "image", "original_width", "original_height",
-                                  "image_rotation": 0, "score": predicted IoU,
+                                  "image_rotation": 0, "score": predicted IoU in [0, 1],
                                   "value": {"format": "rle", "rle": [bytes...],
                                             "brushlabels": ["object"]}}]}]}.
 
@@ -115,8 +115,15 @@ def image_url(uri: str, local_root: str | None = "/") -> str:
     return "/data/local-files/?d=" + urllib.parse.quote(os.path.relpath(path, root))
 
 
+def _score(predicted_iou: float) -> float:
+    # SAM's predicted IoU is a regression output that can leave [0, 1]; Label Studio
+    # refuses a score outside it.
+    return min(max(float(predicted_iou), 0.0), 1.0)
+
+
 def task(image: RunImage, local_root: str | None = "/") -> dict[str, Any]:
-    """The Label Studio task of one image with its masks as one prediction."""
+    """The Label Studio task of one image with its masks as one prediction; scores are
+    the predicted IoUs clipped to [0, 1] (Label Studio's range)."""
     results = [
         {
             "id": m["mask_id"],
@@ -126,7 +133,7 @@ def task(image: RunImage, local_root: str | None = "/") -> dict[str, Any]:
             "original_width": image.width,
             "original_height": image.height,
             "image_rotation": 0,
-            "score": float(m["predicted_iou"]),
+            "score": _score(m["predicted_iou"]),
             "value": {
                 "format": "rle",
                 "rle": brush_rle_of(m["segmentation"]),

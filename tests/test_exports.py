@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import shutil
+import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -191,6 +193,21 @@ def test_a_missing_or_empty_run_folder_is_a_clear_error(command, tmp_path, capsy
     assert not (tmp_path / "c.json").exists()
 
 
+def test_every_format_refuses_a_folder_with_no_run(tmp_path, capsys):
+    from exports.commands import FORMATS
+
+    assert set(FORMATS) == {"sa1b", "coco", "labelstudio", "sa1b-tar"}
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    for fmt in FORMATS:
+        for folder in ("nowhere", "empty"):
+            dest = tmp_path / f"dest-{fmt}"
+            args = ["export", str(tmp_path / folder), "--format", fmt, "--dest", str(dest)]
+            assert main(args) == 2, (fmt, folder)
+            err = capsys.readouterr().err
+            assert err.startswith("maskmine export: error: ") and "Traceback" not in err
+            assert not dest.exists()
+
+
 def test_export_needs_a_known_format(run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(run), "--format", "yolo", "--dest", str(tmp_path / "x")])
@@ -313,7 +330,8 @@ def test_labelstudio_export_round_trips_pixel_exact_through_label_studios_decode
             expected = parquet_mask(row)
             np.testing.assert_array_equal(rgba[..., 3] == 255, expected)
             assert set(np.unique(rgba)) <= {0, 255}
-            assert r["score"] == pytest.approx(row["predicted_iou"])
+            clipped = min(max(row["predicted_iou"], 0.0), 1.0)  # Label Studio's range
+            assert r["score"] == pytest.approx(clipped)
         scores = [r["score"] for r in results]
         assert prediction["score"] == pytest.approx(float(np.mean(scores)))
     assert seen == set(parquet)
@@ -339,6 +357,50 @@ def test_labelstudio_brush_rle_is_byte_for_byte_the_converters():
         np.testing.assert_array_equal(back[..., 3] == 255, mask)
     with pytest.raises(ValueError, match="empty mask"):
         brush_rle(np.zeros((0, 5), bool))
+
+
+def test_labelstudio_tasks_pass_label_studios_own_checker(run, tmp_path):
+    python = os.environ.get("MASKMINE_LABEL_STUDIO_PYTHON")
+    if not python:
+        pytest.skip(
+            "set MASKMINE_LABEL_STUDIO_PYTHON to a Python with label-studio-sdk (its own "
+            "venv: the SDK pins numpy < 2.3 through opencv, below what Beam's venv has)"
+        )
+    check = Path(__file__).with_name("labelstudio_check.py")
+    dest = tmp_path / "ls"
+    assert main(["export", str(run), "--format", "labelstudio", "--dest", str(dest)]) == 0
+    out = subprocess.run([python, str(check), str(dest)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert (summary["tasks"], summary["regions"]) == (3, len(masks_by_id(run)))
+    # The checker can fail: a region pointing at no tag of the config, a score above 1.
+    tasks = json.loads((dest / "tasks-00000.json").read_text())
+    tasks[0]["predictions"][0]["result"][0]["to_name"] = "img"
+    tasks[1]["predictions"][0]["score"] = 1.5
+    (dest / "tasks-00000.json").write_text(json.dumps(tasks))
+    out = subprocess.run([python, str(check), str(dest)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert len(json.loads(out.stdout)["errors"]) >= 2
+
+
+def test_labelstudio_scores_stay_in_label_studios_range():
+    from exports.labelstudio import task
+
+    mask = np.zeros((4, 5), np.uint8, order="F")
+    mask[1:3, 1:4] = 1
+    rle = mask_utils.encode(mask)
+    row = {
+        "mask_id": "m",
+        "segmentation": {"size": [4, 5], "counts": rle["counts"].decode()},
+        "model_type": "vit_b",
+        "checkpoint_sha256": "ab" * 32,
+    }
+    image = RunImage(1, "gs://b/x.jpg", "0" * 64, 5, 4, "r", 2, [])
+    image.masks = [dict(row, predicted_iou=1.07), dict(row, mask_id="n", predicted_iou=-0.2)]
+    (prediction,) = task(image)["predictions"]
+    assert [r["score"] for r in prediction["result"]] == [1.0, 0.0]
+    assert prediction["score"] == 0.5
+    assert task(image)["data"]["image"] == "gs://b/x.jpg"
 
 
 def test_labelstudio_urls_task_files_and_a_root_that_does_not_hold_the_images(
