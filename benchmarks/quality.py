@@ -4,11 +4,14 @@ Writes scenes from `training.scenes` with seeds EVAL_SEED_START, +1, ... (never 
 training) as PNGs to a temp folder, mines them with the maskmine pipeline on DirectRunner,
 reads the masks table back and matches it against the ground-truth objects:
 
-recall@0.5/0.75, mean best IoU, masks per image, the same by object area, and a control
-(see training/quality.py, which scores them).
+recall@0.5/0.75, mean best IoU, masks per image, the same by object area, a control, and
+the calibration of the kept masks' predicted IoUs: mean |predicted IoU - actual IoU against
+the best-matching object|, binned, with a reliability plot (see training/quality.py, which
+scores them).
 
   python benchmarks/quality.py [--scenes 20] [--checkpoint PATH | --random_weights]
-                               [--size 256] [any maskmine flag, e.g. --pred_iou_thresh 0.2]
+                               [--size 256] [--reliability_png PATH]
+                               [any maskmine flag, e.g. --pred_iou_thresh 0.2]
 
 Generator and filter flags are the pipeline's own, with its defaults. Prints one line per
 scene and the overall figures.
@@ -17,10 +20,14 @@ scene and the overall figures.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,7 +37,10 @@ from pipeline.cli import main as maskmine  # noqa: E402
 from pipeline.config import BUNDLED_CHECKPOINT  # noqa: E402
 from training.quality import (  # noqa: E402
     SceneScore,
+    calibration,
+    format_calibration,
     format_report,
+    predicted_by_image,
     random_checkpoint,
     rles_by_image,
     score,
@@ -55,9 +65,37 @@ def run_quality(
         status = maskmine([*args, f"--checkpoint={checkpoint}", *flags])
         if status:
             raise SystemExit(f"maskmine exited with status {status}")
-        rows = read_table(str(root / "out"), "masks", ["image_uri", "segmentation"]).to_pylist()
+        columns = ["image_uri", "segmentation", "predicted_iou"]
+        rows = read_table(str(root / "out"), "masks", columns).to_pylist()
     pred = rles_by_image(rows, list(truth))
-    return score(pred, truth), score(pred, truth, control=True)
+    predicted = predicted_by_image(rows, list(truth))
+    return score(pred, truth, predicted=predicted), score(pred, truth, control=True)
+
+
+def reliability_png(cal: dict, title: str) -> bytes:
+    """PNG bytes of the reliability plot: mean actual IoU (vs the best-matching object)
+    per bin of predicted IoU, the diagonal of a calibrated model, and the masks per bin."""
+    fig = Figure(figsize=(6.4, 6.4), dpi=100, layout="constrained")
+    ax, counts = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    edges = cal["bin_edges"]
+    centres = (edges[:-1] + edges[1:]) / 2
+    filled = cal["bin_count"] > 0
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="calibrated")
+    ax.plot(
+        cal["bin_predicted"][filled],
+        cal["bin_actual"][filled],
+        "o-",
+        color="#c44e52",
+        label=f"this model (mean |error| {cal['mean_abs_error']:.3f})",
+    )
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="actual IoU (best-matching object)", title=title)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    counts.bar(centres, cal["bin_count"], width=np.diff(edges) * 0.9, color="#4c72b0")
+    counts.set(xlabel="predicted IoU (bin)", ylabel="masks")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         help="seeded random weights of the bundled model's config (a no-skill baseline)",
     )
     parser.add_argument("--workdir", type=Path, help="keep scenes and outputs here")
+    parser.add_argument(
+        "--reliability_png",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "maskmine-quality-reliability.png",
+        help="where to write the reliability plot (default: in the temp folder)",
+    )
     args, flags = parser.parse_known_args(argv)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="maskmine-random-") as tmp:
@@ -93,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             args.scenes, checkpoint, flags, (args.size, args.size), args.workdir
         )
     print(format_report(scores, control))
+    cal = calibration(scores)
+    print(format_calibration(cal, len(scores)))
+    flags_text = " ".join(flags) or "default thresholds"
+    args.reliability_png.write_bytes(
+        reliability_png(cal, f"{args.scenes} held-out scenes, {flags_text}")
+    )
+    print(f"reliability plot: {args.reliability_png}")
     print(f"took {time.monotonic() - start:.1f} s")
     return 0
 

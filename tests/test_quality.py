@@ -16,18 +16,22 @@ its encoder collapsed) gave 0.115, 0.0, 0.315 and scored the same against the co
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools import mask as mask_utils
 
-from benchmarks.quality import run_quality
+from benchmarks.quality import main as quality_main
+from benchmarks.quality import reliability_png, run_quality
 from pipeline.config import BUNDLED_CHECKPOINT
 from training.quality import (
     AREA_EDGES,
     SceneScore,
     by_area,
+    calibration,
     random_checkpoint,
     score,
     summary,
@@ -116,3 +120,76 @@ def test_area_buckets_partition_the_objects():
     assert small["mean_best_iou"] == pytest.approx(0.9) and small["recall@0.75"] == 1.0
     assert medium["recall@0.5"] == 1.0 and medium["recall@0.75"] == 0.0
     assert empty["recall@0.5"] == 0.0 and large["mean_best_iou"] == 0.0
+
+
+def _perfect(tmp_path: Path) -> tuple[dict, dict]:
+    truth = write_scenes(tmp_path, 3, (64, 64))
+    pred = {
+        name: [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+        for name, (_, masks) in truth.items()
+    }
+    return truth, pred
+
+
+def test_calibration_is_predicted_against_the_best_matching_objects_iou(tmp_path: Path):
+    truth, pred = _perfect(tmp_path)
+    # Each scene's exact masks plus a 2x2 corner mask: its actual IoU is near 0 (it
+    # overlaps an object by at most 4 px).
+    corner = np.zeros((64, 64), np.uint8)
+    corner[:2, :2] = 1
+    pred = {n: [*r, mask_utils.encode(np.asfortranarray(corner))] for n, r in pred.items()}
+    predicted = {n: [0.9] * (len(r) - 1) + [0.35] for n, r in pred.items()}
+    scores = score(pred, truth, predicted=predicted)
+    actual = np.concatenate([s.actual for s in scores])
+    exact = np.concatenate([s.actual[:-1] for s in scores])
+    np.testing.assert_allclose(exact, 1.0)
+    assert (np.concatenate([s.actual[-1:] for s in scores]) < 0.05).all()
+    cal = calibration(scores)
+    n = len(actual)
+    expected = (
+        np.abs(0.9 - exact).sum()
+        + np.abs(0.35 - actual[np.cumsum([len(s.actual) for s in scores]) - 1]).sum()
+    ) / n
+    assert cal["masks"] == n and cal["mean_abs_error"] == pytest.approx(expected)
+    assert cal["matched@0.75"] == pytest.approx(len(exact) / n)
+    assert cal["scenes_with_masks"] == 3
+    # Bins: the 0.9 masks in [0.9, 1.0] with actual 1, the 0.35 ones in [0.3, 0.4).
+    assert cal["bin_count"][9] == len(exact) and cal["bin_count"][3] == 3
+    assert cal["bin_actual"][9] == pytest.approx(1.0) and cal["bin_predicted"][3] == pytest.approx(
+        0.35
+    )
+    assert cal["bin_count"].sum() == n and np.isnan(cal["bin_actual"][0])
+
+
+def test_calibration_needs_the_predicted_ious(tmp_path: Path):
+    truth, pred = _perfect(tmp_path)
+    with pytest.raises(ValueError, match="predicted IoUs"):
+        calibration(score(pred, truth))
+    wrong = {n: [0.5] for n in pred}
+    with pytest.raises(ValueError, match="predicted IoUs for"):
+        score(pred, truth, predicted=wrong)
+
+
+def test_the_reliability_plot_is_a_png_with_the_models_curve(tmp_path: Path):
+    truth, pred = _perfect(tmp_path)
+    predicted = {n: [0.5] * len(r) for n, r in pred.items()}
+    png = reliability_png(calibration(score(pred, truth, predicted=predicted)), "t")
+    picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    red = np.array([0xC4, 0x4E, 0x52])  # the model's curve
+    assert (np.abs(picture - red).max(axis=2) <= 2).sum() > 20
+
+
+def test_the_benchmark_prints_calibration_and_writes_the_plot(tmp_path, capsys):
+    path = tmp_path / "rel.png"
+    args = ["--scenes=2", "--size=64", f"--reliability_png={path}", *FLAGS]
+    assert quality_main(args) == 0
+    out = capsys.readouterr().out
+    assert "calibration over " in out and "mean |predicted IoU - actual IoU" in out
+    assert "objects of 0-300 px" in out  # figures by size, as before
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_committed_models_calibration_is_reported(committed):
+    cal = calibration(committed[0])
+    assert cal["masks"] == sum(s.masks for s in committed[0]) > 0
+    assert 0.0 <= cal["mean_abs_error"] <= 1.0 and 0.0 <= cal["matched@0.75"] <= 1.0

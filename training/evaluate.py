@@ -29,17 +29,24 @@ from sam_core.sam import Sam
 from .scenes import EVAL_SEED_START, Scene, generate_scene
 
 
+def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(K, N) IoU of each of K (H, W) bool ground-truth masks with each of N predicted."""
+    if len(gt) == 0 or len(pred) == 0:
+        return np.zeros((len(gt), len(pred)))
+    g = torch.from_numpy(gt.reshape(len(gt), -1)).float()
+    p = torch.from_numpy(pred.reshape(len(pred), -1)).float()
+    inter = g @ p.T
+    union = g.sum(1, keepdim=True) + p.sum(1)[None] - inter
+    return (inter / union.clamp(min=1)).numpy()
+
+
 def best_ious(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """(K,) best IoU of each of K (H, W) bool ground-truth masks over N predicted ones."""
     if len(gt) == 0:
         return np.zeros(0)
     if len(pred) == 0:
         return np.zeros(len(gt))
-    g = torch.from_numpy(gt.reshape(len(gt), -1)).float()
-    p = torch.from_numpy(pred.reshape(len(pred), -1)).float()
-    inter = g @ p.T
-    union = g.sum(1, keepdim=True) + p.sum(1)[None] - inter
-    return (inter / union.clamp(min=1)).max(dim=1).values.numpy()
+    return iou_matrix(gt, pred).max(axis=1)
 
 
 RECALL_THRESHOLDS = (0.5, 0.75)

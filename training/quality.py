@@ -4,7 +4,10 @@
   (t = 0.5, 0.75); a part and its whole are separate objects;
 - mean best IoU over objects; masks per image;
 - the same by object area (px), to show which objects are missed;
-- a control: each scene's masks against the next scene's objects.
+- a control: each scene's masks against the next scene's objects;
+- calibration: for each mined mask, its predicted IoU against its actual IoU with the
+  best-matching object (mean absolute error, binned reliability, the share of masks
+  that match an object at IoU >= 0.75).
 
 Pure numpy/pycocotools: `benchmarks/quality.py` and `tests/test_quality.py` mine the scenes
 with the pipeline and score them here.
@@ -22,7 +25,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .evaluate import best_ious, match_summary
+from .evaluate import iou_matrix, match_summary
 from .scenes import EVAL_SEED_START, generate_scene
 
 
@@ -35,6 +38,9 @@ class SceneScore:
     best_ious: np.ndarray  # (K,) best IoU of each ground-truth object over the mined masks
     masks: int  # masks mined for the image
     areas: np.ndarray  # (K,) area of each ground-truth object, px
+    # (N,) per mined mask: its predicted IoU, and its IoU with the best-matching object
+    predicted: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    actual: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
 # Upper edges (px) of the object-area buckets of the report; the last bucket is open.
@@ -78,6 +84,14 @@ def rles_by_image(rows: Iterable[dict], names: Sequence[str]) -> dict[str, list[
     return found
 
 
+def predicted_by_image(rows: Iterable[dict], names: Sequence[str]) -> dict[str, list[float]]:
+    """File name -> predicted IoUs of its masks, in the order of rles_by_image."""
+    found: dict[str, list[float]] = {name: [] for name in names}
+    for row in rows:
+        found[Path(row["image_uri"]).name].append(float(row["predicted_iou"]))
+    return found
+
+
 def decode(rles: Sequence[dict], size: tuple[int, int]) -> np.ndarray:
     """(N, H, W) bool masks of N COCO RLEs."""
     if not rles:
@@ -86,12 +100,16 @@ def decode(rles: Sequence[dict], size: tuple[int, int]) -> np.ndarray:
 
 
 def score(
-    pred: dict[str, list[dict]], truth: dict[str, tuple[int, np.ndarray]], control: bool = False
+    pred: dict[str, list[dict]],
+    truth: dict[str, tuple[int, np.ndarray]],
+    control: bool = False,
+    predicted: dict[str, list[float]] | None = None,
 ) -> list[SceneScore]:
     """Match each scene's mined masks (`pred`, file name -> RLEs) with its ground truth.
 
     control=True matches them with the *next* scene's ground truth instead: masks that
     follow the image score clearly lower there; masks that ignore it score the same.
+    `predicted` (file name -> the masks' predicted IoUs) fills SceneScore.predicted.
     Masks are decoded one scene at a time (thousands of masks per scene at low thresholds).
     """
     names = list(truth)
@@ -100,8 +118,66 @@ def score(
         seed, gt = truth[names[(i + 1) % len(names)] if control else name]
         masks = decode(pred[name], gt.shape[1:])
         areas = gt.reshape(len(gt), -1).sum(axis=1)
-        scores.append(SceneScore(name, seed, best_ious(gt, masks), len(masks), areas))
+        ious = iou_matrix(gt, masks)  # (K, N)
+        best = ious.max(axis=1) if len(masks) else np.zeros(len(gt))
+        actual = ious.max(axis=0) if len(gt) else np.zeros(len(masks))
+        given = np.asarray(predicted[name], dtype=np.float64) if predicted else np.zeros(0)
+        if predicted and len(given) != len(masks):
+            raise ValueError(f"{name}: {len(given)} predicted IoUs for {len(masks)} masks")
+        scores.append(SceneScore(name, seed, best, len(masks), areas, given, actual))
     return scores
+
+
+# Bins of predicted IoU for the reliability figures: [0, 0.1), ..., [0.9, 1.0]; values
+# outside [0, 1] (a regression head can stray) go to the end bins.
+CALIBRATION_BINS = np.linspace(0.0, 1.0, 11)
+
+
+def calibration(scores: Sequence[SceneScore], bins: np.ndarray = CALIBRATION_BINS) -> dict:
+    """Predicted against actual IoU over all mined masks of `scores` (needs `predicted`).
+
+    Returns masks (count), mean_abs_error (mean |predicted - actual|), matched@0.75 (the
+    share of masks whose actual IoU is >= 0.75), scenes_with_masks, and per bin of
+    predicted IoU: bin_edges (B + 1,), bin_count, bin_predicted and bin_actual (B,) means
+    (NaN for empty bins).
+    """
+    predicted = np.concatenate([np.zeros(0), *(s.predicted for s in scores)])
+    actual = np.concatenate([np.zeros(0), *(s.actual for s in scores)])
+    if len(predicted) != len(actual):
+        raise ValueError("scores without predicted IoUs (score(..., predicted=...))")
+    index = np.clip(np.digitize(predicted, bins) - 1, 0, len(bins) - 2)
+    count = np.bincount(index, minlength=len(bins) - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_pred = np.bincount(index, predicted, len(bins) - 1) / count
+        mean_act = np.bincount(index, actual, len(bins) - 1) / count
+    return {
+        "masks": len(predicted),
+        "mean_abs_error": float(np.abs(predicted - actual).mean()) if len(actual) else np.nan,
+        "matched@0.75": float((actual >= 0.75).mean()) if len(actual) else np.nan,
+        "scenes_with_masks": sum(1 for s in scores if s.masks),
+        "bin_edges": bins,
+        "bin_count": count,
+        "bin_predicted": mean_pred,
+        "bin_actual": mean_act,
+    }
+
+
+def format_calibration(cal: dict, scenes: int) -> str:
+    """The calibration figures in words, one line per non-empty bin."""
+    lines = [
+        f"calibration over {cal['masks']} kept masks: mean |predicted IoU - actual IoU vs "
+        f"best-matching object| {cal['mean_abs_error']:.3f}; masks matching an object at "
+        f"IoU >= 0.75: {cal['matched@0.75']:.3f}; scenes with masks kept: "
+        f"{cal['scenes_with_masks']} of {scenes}"
+    ]
+    edges = cal["bin_edges"]
+    for i, n in enumerate(cal["bin_count"]):
+        if n:
+            lines.append(
+                f"  predicted {edges[i]:.1f}-{edges[i + 1]:.1f}: {n:>6} masks, mean predicted "
+                f"{cal['bin_predicted'][i]:.3f}, mean actual {cal['bin_actual'][i]:.3f}"
+            )
+    return "\n".join(lines)
 
 
 def summary(scores: Sequence[SceneScore]) -> dict[str, float]:
