@@ -273,11 +273,13 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     if not dry_run:
         _check_locations(options)
         if options.checkpoint and not FileSystems.exists(options.checkpoint):
-            raise ConfigError(f"checkpoint not found: {options.checkpoint}")
+            raise ConfigError(f"--checkpoint {options.checkpoint}: not found")
     try:
         check_model_spec(ModelSpec(options.checkpoint, options.model_type))
     except ValueError as e:
-        raise ConfigError(str(e)) from e
+        # Name the flag; the checker's own message may start with the path already.
+        reason = str(e).removeprefix(f"{options.checkpoint}: ")
+        raise ConfigError(f"--checkpoint {options.checkpoint}: {reason}") from e
     if options.run_id is None:
         options.run_id = new_run_id()
     elif not RUN_ID.match(options.run_id):

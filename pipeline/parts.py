@@ -109,7 +109,8 @@ def remove_unfinished_runs(output: str) -> int:
         )
         for path in paths:
             try:
-                FileSystems.delete([path])
+                # A local delete matches its argument as a pattern: out[1] would miss.
+                FileSystems.delete([path if path.startswith("gs://") else layout.glob_escape(path)])
             except Exception as e:
                 raise ConfigError(f"--skip_existing: cannot remove {path}: {e}") from e
             removed += 1

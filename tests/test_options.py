@@ -87,12 +87,20 @@ def test_generator_flags_are_typed():
 )
 def test_bad_values_stop_the_run_at_startup_naming_the_flag(flags, message, tmp_path, capsys):
     # Found before any image is read, not by every worker after decoding; no traceback.
+    # Nothing written, inside --output or outside it (--run_id ../../x once put a
+    # temporary file two levels up), and quickly.
+    import time
+
     from pipeline.cli import main
 
-    assert main([f"--output={tmp_path / 'out'}", *flags]) == 2
+    output = tmp_path / "a" / "b" / "out"
+    output.parent.mkdir(parents=True)
+    start = time.monotonic()
+    assert main([f"--output={output}", *flags]) == 2
+    assert time.monotonic() - start < 30
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == ["a", "a/b"]
 
 
 @pytest.mark.parametrize(
@@ -166,10 +174,20 @@ def test_unusable_or_mismatched_local_checkpoint_stops_the_run_at_startup(tmp_pa
             "does not match model_type 'vit_b': its shapes look like 'custom'",
         ),
     ]
+    # A diverged (NaN-weight) checkpoint: it would mine empty masks and record its
+    # images as mined.
+    import torch
+
+    state = torch.load(FIXTURES / "sam_tiny.pth", weights_only=True)
+    state["mask_decoder.iou_token.weight"][0, 0] = float("nan")
+    diverged = tmp_path / "diverged.pth"
+    torch.save(state, diverged)
+    cases.append(([f"--checkpoint={diverged}"], "hold NaN or infinite values"))
     for flags, message in cases:
         assert main([f"--output={tmp_path / 'out'}", *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+        assert f"error: --checkpoint {flags[0].split('=', 1)[1]}: " in err
     assert not (tmp_path / "out").exists()
 
 

@@ -485,3 +485,24 @@ def test_unfinished_runs_are_only_those_whose_process_is_gone(tmp_path):
     found = unfinished_runs(str(output))
     assert sorted(found) == ["dead-part00003", "dead-part00004"]
     assert [Path(p).parent.name for p in found["dead-part00004"]] == ["images", "masks"]
+
+
+def test_an_output_with_glob_characters_is_written_read_and_resumed(tmp_path, capsys):
+    # "out[1]" crashed every run at the final write (Beam's finalize globs its paths).
+    folder = tmp_path / "in"
+    good = write_good_images(folder)[:1]
+    output = tmp_path / "out[1]*?"
+    args = [f"--input={good[0]}", f"--output={output}", *FAST]
+    args += [f"--checkpoint={FIXTURES / 'sam_tiny.pth'}"]
+    run([*args, "--run_id=a"])
+    assert read_table(output, "images").column("image_uri").to_pylist() == good
+    assert read_table(output, "masks").num_rows > 0
+    capsys.readouterr()
+    # The same id again is refused (its files are found through the escaped pattern), and
+    # --skip_existing finds the image mined.
+    assert main(["--runner=DirectRunner", *args, "--run_id=a"]) == 2
+    assert "already holds that run's files" in capsys.readouterr().err
+    run([*args, "--run_id=b", "--skip_existing", "--commit_every=5"])
+    assert "1 image(s) already in" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out[1]*?"]
+    assert not list(output.glob("*/beam-temp-*"))  # Beam's own cleanup matched it unescaped

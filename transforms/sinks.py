@@ -9,14 +9,18 @@ Both validate every row against its table's schema (`schemas.tables.to_table`'s 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import shutil
 import uuid
 from typing import Any, BinaryIO
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io import fileio
+from apache_beam.io import fileio, parquetio
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
 from apache_beam.transforms.window import GlobalWindow
 
@@ -36,6 +40,65 @@ def checked_row(row: dict, schema: pa.Schema) -> dict:
 ROW_GROUP_BYTES = 1 << 20
 
 
+def _delete_arg(path: str) -> str:
+    # The local FileSystems.delete matches its argument as a pattern first; GCS deletes
+    # the exact object name.
+    return path if path.startswith("gs://") else layout.glob_escape(path)
+
+
+class _EscapedParquetSink(parquetio._ParquetSink):
+    """Beam's Parquet sink, with its finalize working under an output whose path holds
+    glob characters (``out[1]``): Beam globs the temporary and final names unescaped, so
+    it found neither ("src and dst files do not exist") and every run crashed at the end.
+    """
+
+    def _get_final_name_glob(self, num_shards, w=None):
+        name = super()._get_final_name_glob(num_shards, w)
+        prefix = self.file_path_prefix.get()  # the name starts with it (see Beam)
+        return layout.glob_escape(prefix) + name[len(prefix) :]
+
+    def _check_state_for_finalize_write(self, writer_results, num_shards, window=None):
+        # Beam's method (2.77), the temporary folder's glob escaped.
+        if not writer_results:
+            return [], [], [], 0
+        folder = FileSystems.split(writer_results[0])[0]
+        src_glob = FileSystems.join(layout.glob_escape(folder), "*")
+        dst_glob = self._get_final_name_glob(num_shards, window)
+        src_found = {m.path for r in FileSystems.match([src_glob]) for m in r.metadata_list}
+        dst_found = {m.path for r in FileSystems.match([dst_glob]) for m in r.metadata_list}
+        src_files, dst_files, delete_files, num_skipped = [], [], [], 0
+        for shard_num, src in enumerate(writer_results):
+            dst = self._get_final_name(shard_num, num_shards, window)
+            if src not in src_found and dst not in dst_found:
+                raise BeamIOError(f"src and dst files do not exist. src: {src}, dst: {dst}")
+            if src not in src_found:  # renamed by an earlier attempt of this finalize
+                num_skipped += 1
+                continue
+            if dst in dst_found and FileSystems.checksum(src) == FileSystems.checksum(dst):
+                delete_files.append(_delete_arg(src))
+                continue
+            src_files.append(src)
+            dst_files.append(dst)
+        self._report_sink_lineage(dst_glob, dst_files)
+        return src_files, dst_files, delete_files, num_skipped
+
+    def finalize_windowed_write(self, init_result, writer_results, pre_finalize_results, w=None):
+        yield from super().finalize_windowed_write(
+            init_result, writer_results, pre_finalize_results, w
+        )
+        if layout.glob_escape(init_result) == init_result:
+            return  # no glob character: Beam's own delete of the temporary folder worked
+        # Beam's delete matched the temporary folder as a pattern and found nothing.
+        with contextlib.suppress(OSError):  # as Beam: a leftover folder is not an error
+            if not init_result.startswith("gs://"):
+                shutil.rmtree(init_result)
+                return
+            pattern = layout.glob_escape(init_result.rstrip("/")) + "/**"
+            found = FileSystems.match([pattern])[0].metadata_list
+            if found:  # GCS deletes these exact object names
+                FileSystems.delete([m.path for m in found])
+
+
 class WriteTable(beam.PTransform):
     """Rows (dicts) -> Parquet files of one table under `output`."""
 
@@ -45,19 +108,17 @@ class WriteTable(beam.PTransform):
         self.schema = tables.SCHEMAS[table]
 
     def expand(self, rows):
-        return (
-            rows
-            | "Validate" >> beam.Map(checked_row, self.schema)
-            | "Write"
-            >> beam.io.WriteToParquet(
-                layout.part_prefix(self.output, self.table, self.run_id),
-                schema=self.schema,
-                codec="zstd",
-                file_name_suffix=".parquet",
-                record_batch_size=1000,
-                row_group_buffer_size=ROW_GROUP_BYTES,
-            )
+        write = beam.io.WriteToParquet(
+            layout.part_prefix(self.output, self.table, self.run_id),
+            schema=self.schema,
+            codec="zstd",
+            file_name_suffix=".parquet",
+            record_batch_size=1000,
+            row_group_buffer_size=ROW_GROUP_BYTES,
         )
+        # The same sink and state, with a finalize that escapes the output's path.
+        write._sink.__class__ = _EscapedParquetSink
+        return rows | "Validate" >> beam.Map(checked_row, self.schema) | "Write" >> write
 
 
 class ParquetSink(fileio.FileSink):
