@@ -131,3 +131,25 @@ def test_outputs_of_one_prompt_that_are_the_same_mask_are_kept_once():
     other_point = dict(first, point_coords=[[1, 1]])
     out = filter_masks(image([first, same, other_point]), QualityThresholds())
     assert out.masks == [first, other_point]
+
+
+def test_containment_dedup_runs_as_the_pipelines_transform_and_flag():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.options import MaskMineOptions
+    from transforms.postprocess import DeduplicateMasks
+
+    assert MaskMineOptions(["--dedup_by=containment"]).dedup_by == "containment"
+    whole, part = record((0, 0, 19, 19), iou=0.9), record((2, 2, 7, 7), iou=0.8)
+    with TestPipeline() as p:
+        kept = (
+            p
+            | beam.Create([image([whole, part])])
+            | DeduplicateMasks(0.7, "containment")
+            | beam.Map(lambda im: [m["area"] for m in im.masks])
+        )
+        assert_that(kept, equal_to([[400]]))
+    with pytest.raises(ValueError, match="one of"):
+        DeduplicateMasks(0.7, "pixels")
