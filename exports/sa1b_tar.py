@@ -1,7 +1,8 @@
 """SA-1B shards for training: tar files of `<key>.jpg` + `<key>.json` pairs, plus an index.
 
 Each shard DEST/sa1b-NNNNNN.tar holds, per image, `<key>.jpg` (the image as the pipeline
-decoded it: EXIF orientation applied, RGB, JPEG quality 95) and `<key>.json` (SA-1B's
+decoded it: EXIF orientation applied, RGB; an RGB JPEG source with nothing to rotate is
+stored as its own bytes, anything else encoded at JPEG quality 95) and `<key>.json` (SA-1B's
 per-image record, exports/sa1b.py, with `file_name` = `<key>.jpg`), `<key>` = `sa_<image_id>`
 (no dot: webdataset splits a sample's key from its extensions at the first dot). A shard
 is closed before it would pass `max_images` images or `max_bytes` bytes (a single larger
@@ -33,6 +34,7 @@ from .sa1b import image_record
 DEFAULT_SHARD_IMAGES = 1000
 DEFAULT_SHARD_MB = 1024.0
 JPEG_QUALITY = 95
+ORIENTATION_TAG = 0x0112  # EXIF Orientation
 _TAR_BLOCK = 512
 
 
@@ -76,9 +78,22 @@ def image_jpeg(image: RunImage) -> bytes:
     pixels = decode_image_bytes(data)
     if pixels.shape[:2] != (image.height, image.width):
         raise ValueError(f"decoded size {pixels.shape[1]}x{pixels.shape[0]} is not the mined one")
+    if _stored_as_decoded(data):
+        return data  # the file's own bytes decode to these pixels: no second JPEG loss
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=JPEG_QUALITY)
     return out.getvalue()
+
+
+def _stored_as_decoded(data: bytes) -> bool:
+    """Whether `data` is a JPEG that decodes to what the pipeline decoded: RGB (not
+    CMYK or grey, which the pipeline converts) and no EXIF rotation to apply."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            orientation = im.getexif().get(ORIENTATION_TAG, 1)
+            return im.format == "JPEG" and im.mode == "RGB" and orientation == 1
+    except Exception:  # decodable above, so only odd EXIF can land here: re-encode
+        return False
 
 
 class _ShardWriter:

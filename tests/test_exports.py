@@ -8,6 +8,7 @@ the module.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -502,26 +503,66 @@ def test_sa1b_tar_shard_size_is_respected(run, tmp_path):
     assert main([*args, "--shard_images", "0"]) == 2
 
 
-def test_sa1b_tar_leaves_out_an_image_whose_source_changed(run, tmp_path):
-    sources = tmp_path / "src"
-    shutil.copytree(run.parent / "images", sources)
-    output = tmp_path / "out"
+def run_with_sources(run: Path, folder: Path, sources: dict[str, bytes]) -> Path:
+    """A copy of `run` under `folder` whose images are read from `folder`/src/<name>: the
+    bytes `sources` gives for a name (same pixel size; its sha256 in the tables), else a
+    copy of the original file."""
+    (folder / "src").mkdir(parents=True)
+    output = folder / "out"
     for table in ("images", "masks"):
         (output / table).mkdir(parents=True)
         for path in (run / table).glob("*.parquet"):
-            data = pq.read_table(path)
-            uris = [str(sources / Path(u).name) for u in data.column("image_uri").to_pylist()]
-            column = data.schema.get_field_index("image_uri")
-            data = data.set_column(column, data.schema.field(column), pa.array(uris))
-            pq.write_table(data, output / table / path.name)
-    Image.fromarray(scene(99)).save(sources / "img_1.png")  # no longer the mined bytes
+            rows = pq.read_table(path).to_pylist()
+            for row in rows:
+                name = Path(row["image_uri"]).name
+                target = folder / "src" / name
+                data = sources.get(name, Path(row["image_uri"]).read_bytes())
+                target.write_bytes(data)
+                row["image_uri"] = str(target)
+                row["image_sha256"] = hashlib.sha256(data).hexdigest()
+            pq.write_table(
+                pa.Table.from_pylist(rows, pq.read_schema(path)), output / table / path.name
+            )
+    return output
+
+
+def test_sa1b_tar_leaves_out_an_image_whose_source_changed(run, tmp_path):
+    output = run_with_sources(run, tmp_path, {})
+    Image.fromarray(scene(99)).save(tmp_path / "src" / "img_1.png")  # not the mined bytes
     dest = tmp_path / "shards"
     assert main(["export", str(output), "--format", "sa1b-tar", "--dest", str(dest)]) == 0
     index = json.loads((dest / "index.json").read_text())
     assert index["images"] == 2
     (skipped,) = index["skipped"]
-    assert skipped["image_uri"] == str(sources / "img_1.png")
+    assert skipped["image_uri"] == str(tmp_path / "src" / "img_1.png")
     assert "changed since it was mined" in skipped["error"]
+
+
+def test_sa1b_tar_keeps_an_rgb_jpeg_sources_own_bytes(run, tmp_path):
+    from transforms.decode import decode_image_bytes
+
+    def jpeg(name: str, mode: str) -> bytes:
+        out = io.BytesIO()
+        Image.open(run.parent / "images" / name).convert(mode).save(out, format="JPEG")
+        return out.getvalue()
+
+    sources = {"img_0.png": jpeg("img_0.png", "RGB"), "img_2.png": jpeg("img_2.png", "L")}
+    output = run_with_sources(run, tmp_path, sources)
+    dest = tmp_path / "shards"
+    assert main(["export", str(output), "--format", "sa1b-tar", "--dest", str(dest)]) == 0
+    by_name = {}
+    with tarfile.open(dest / "sa1b-000000.tar") as tar:
+        for member in tar.getmembers():
+            if member.name.endswith(".json"):
+                record = json.loads(tar.extractfile(member).read())["image"]
+                picture = tar.extractfile(record["file_name"]).read()
+                by_name[Path(record["image_uri"]).name] = picture
+    assert by_name["img_0.png"] == sources["img_0.png"]  # an RGB JPEG: its own bytes
+    # Grey: the pipeline decoded it to RGB, so the shard holds that, re-encoded.
+    assert by_name["img_2.png"] != sources["img_2.png"]
+    grey = np.asarray(Image.open(io.BytesIO(by_name["img_2.png"])))
+    expected = decode_image_bytes(sources["img_2.png"])
+    assert grey.shape == expected.shape and np.abs(grey.astype(int) - expected).mean() < 3
 
 
 def test_streamed_exports_equal_the_whole_run_in_memory(run, tmp_path):
