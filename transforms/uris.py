@@ -154,7 +154,7 @@ def walk_local(root: str, problems: Problems) -> list[str]:
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        problems.append((root, f"cannot list folder: {read_error_reason(e)}"))
+        _problem(problems, root, f"cannot list folder: {read_error_reason(e)}")
         return found
     try:
         st = os.fstat(fd)
@@ -169,7 +169,7 @@ def _walk(dir_fd: int, path: str, ancestors: set, found: list[str], problems: Pr
         with os.scandir(dir_fd) as it:
             names = sorted(e.name for e in it)
     except OSError as e:
-        problems.append((path or "/", f"cannot list folder: {read_error_reason(e)}"))
+        _problem(problems, path or "/", f"cannot list folder: {read_error_reason(e)}")
         return
     for name in names:
         full = f"{path}/{name}"
@@ -179,19 +179,26 @@ def _walk(dir_fd: int, path: str, ancestors: set, found: list[str], problems: Pr
             if e.errno in (errno.ENOTDIR, errno.ENOENT, errno.ELOOP, errno.ENAMETOOLONG):
                 found.append(full)  # a file, or a link that cannot be followed: read says why
             else:
-                problems.append((full, f"cannot list folder: {read_error_reason(e)}"))
+                _problem(problems, full, f"cannot list folder: {read_error_reason(e)}")
             continue
         try:
             st = os.fstat(fd)
             key = (st.st_dev, st.st_ino)
             if key in ancestors:
-                problems.append(
-                    (full, "unreadable link: symbolic link loop (a link to a folder that holds it)")
+                _problem(
+                    problems,
+                    full,
+                    "unreadable link: symbolic link loop (a link to a folder that holds it)",
                 )
                 continue
             _walk(fd, full, ancestors | {key}, found, problems)
         finally:
             os.close(fd)
+
+
+def _problem(problems: Problems, path: str, reason: str) -> None:
+    # Under a folder whose name is not UTF-8, the path and the reason hold its bytes too.
+    problems.append((escaped_name(path), escaped_name(reason)))
 
 
 def _not_utf8(path: str) -> bool:
