@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import os
 import re
 import secrets
 import sys
@@ -160,6 +161,32 @@ def _check_precision(options: MaskMineOptions) -> None:
         )
 
 
+# A decoder batch returns 3 low-resolution masks per prompt (256 x 256 float32 logits for
+# SAM's 1024 input): a lower bound of what one batch holds, whatever happens after.
+LOW_RES_BYTES_PER_PROMPT = 3 * 256 * 256 * 4
+
+
+def _check_batch_memory(options: MaskMineOptions) -> None:
+    """Refuse, with the estimate, a --points_per_batch whose decoder outputs alone cannot
+    fit in this machine's memory (local runs; a worker's memory is not known here)."""
+    params = generator_params(options)
+    if not is_local(options) or not params.get("points_per_side"):
+        return
+    prompts = min(params["points_per_batch"], params["points_per_side"] ** 2)
+    need = prompts * LOW_RES_BYTES_PER_PROMPT
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ConfigError(
+            f"--points_per_batch {params['points_per_batch']}: one decoder batch of "
+            f"{prompts} prompts needs at least {need / 2**30:.1f} GiB (3 masks of 256x256 "
+            f"float32 logits each), more than this machine's {have / 2**30:.1f} GiB; "
+            f"use a smaller --points_per_batch (default 64)"
+        )
+
+
 def _check_locations(options: MaskMineOptions) -> None:
     """Fail at once on a remote bucket that is missing or unreadable, not after mining."""
     named = [("--output", options.output)]
@@ -250,6 +277,7 @@ def resolve_defaults(options: MaskMineOptions) -> MaskMineOptions:
     # Startup checks use the run's options (credentials, project) for FileSystems.
     FileSystems.set_options(options)
     _check_values(options)
+    _check_batch_memory(options)
     _check_streaming(options)
     _check_parts(options)
     _check_precision(options)

@@ -83,6 +83,11 @@ def test_generator_flags_are_typed():
         (["--run_id=-x"], "starting with a letter or digit"),
         (["--points_per_side=100000"], "--points_per_side must be <= 1024, got 100000"),
         (["--prompt_mode=adaptive", "--coarse_points_per_side=0"], "--coarse_points_per_side"),
+        (
+            ["--points_per_side=1024", "--points_per_batch=1048576"],
+            "--points_per_batch 1048576: one decoder batch of 1048576 prompts needs at least "
+            "768.0 GiB",
+        ),
     ],
 )
 def test_bad_values_stop_the_run_at_startup_naming_the_flag(flags, message, tmp_path, capsys):
