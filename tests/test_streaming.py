@@ -476,3 +476,17 @@ def test_a_watched_folder_with_skip_existing_mines_only_new_images(tmp_path):
         ("new.png", True),
         ("old.png", False),
     ]
+
+
+def test_a_watched_non_utf8_name_is_passed_on_escaped_not_crashing_the_job(tmp_path, caplog):
+    # Beam's str coder cannot hold the lone surrogates Python decodes such a name to.
+    from transforms.uris import IMAGE_EXTENSIONS
+    from transforms.watch import _PollFolderFn
+
+    (tmp_path / "ok.png").write_bytes(b"x")
+    with open(bytes(tmp_path) + b"/bad\xff.png", "wb") as f:
+        f.write(b"x")
+    listed = [p for p, _ in _PollFolderFn(1.0, None, IMAGE_EXTENSIONS)._list(f"{tmp_path}/*")]
+    assert sorted(listed) == sorted([f"{tmp_path}/bad\\xff.png", str(tmp_path / "ok.png")])
+    assert all(p.encode("utf-8") for p in listed)
+    assert f"file name is not valid UTF-8: {tmp_path}/bad\\xff.png" in caplog.text

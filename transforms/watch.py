@@ -9,6 +9,7 @@ changed) and deduplicated by content downstream (content_dedup.py).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,16 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
-from .uris import IMAGE_EXTENSIONS, as_list, is_image_name, normalize_uri, watch_pattern
+from .uris import (
+    IMAGE_EXTENSIONS,
+    as_list,
+    escaped_name,
+    is_image_name,
+    normalize_uri,
+    watch_pattern,
+)
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +138,18 @@ class _PollFolderFn(beam.DoFn, RestrictionProvider):
 
     def _list(self, pattern: str) -> list[tuple[str, float]]:
         matches = FileSystems.match([pattern])[0].metadata_list
-        return sorted(
+        listed = sorted(
             (m.path, float(m.last_updated_in_seconds or 0.0))
             for m in matches
             if is_image_name(m.path, self._extensions)
         )
+        # A non-UTF-8 local name would crash the job in Beam's str coder: it goes on with
+        # its bytes escaped, and its read fails into an error row that names it.
+        for k, (path, mtime) in enumerate(listed):
+            if escaped_name(path) != path:
+                _LOG.warning("file name is not valid UTF-8: %s", escaped_name(path))
+                listed[k] = (escaped_name(path), mtime)
+        return listed
 
     @beam.DoFn.unbounded_per_element()
     def process(
