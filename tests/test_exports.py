@@ -255,6 +255,24 @@ def test_inspect_and_export_work_on_a_gs_run(run, request, tmp_path, capsys):
         f"gs://{BUCKET}/src/img_{i}.png" for i in range(3)
     }
 
+    # Label Studio tasks and SA-1B shards, from and to the bucket, sources read from it.
+    dest = f"gs://{BUCKET}/exports/ls"
+    assert main(["export", f"gs://{BUCKET}/run", "--format", "labelstudio", "--dest", dest]) == 0
+    tasks = json.loads(bucket.blob("exports/ls/tasks-00000.json").download_as_bytes())
+    assert sorted(t["data"]["image"] for t in tasks) == [
+        f"gs://{BUCKET}/src/img_{i}.png" for i in range(3)
+    ]
+    assert bucket.blob("exports/ls/labeling_config.xml").exists()
+    dest = f"gs://{BUCKET}/exports/shards"
+    args = ["export", f"gs://{BUCKET}/run", "--format", "sa1b-tar", "--dest", dest]
+    assert main([*args, "--shard_images", "2"]) == 0
+    index = json.loads(bucket.blob("exports/shards/index.json").download_as_bytes())
+    assert index["images"] == 3 and index["skipped"] == [] and len(index["shards"]) == 2
+    shard = bucket.blob("exports/shards/sa1b-000000.tar").download_as_bytes()
+    assert len(shard) == index["shards"][0]["bytes"]
+    with tarfile.open(fileobj=io.BytesIO(shard)) as tar:
+        assert sorted(tar.getnames()) == ["sa_1.jpg", "sa_1.json", "sa_2.jpg", "sa_2.json"]
+
     assert main(["export", f"gs://{BUCKET}/nothing", "--format", "sa1b", "--dest", "x"]) == 2
     assert f"gs://{BUCKET}/nothing: no such run folder" in capsys.readouterr().err
 
