@@ -1,8 +1,9 @@
-"""A finished run as a list of images, each with its masks and a stable integer id.
+"""A finished run as images, each with its masks and a stable integer id.
 
-Shared by inspect and the exports. When an image was mined by several runs into the same
-OUTPUT (a rerun without --skip_existing), only its newest run counts: its masks are not
-mixed with the older run's.
+`load_run` gives them all at once (inspect); `index_run` + `iter_images` stream them, one
+image's masks in memory at a time (the exports). Both number images and annotations the
+same way. When an image was mined by several runs into the same OUTPUT (a rerun without
+--skip_existing), only its newest run counts: its masks are not mixed with the older run's.
 """
 
 from __future__ import annotations
