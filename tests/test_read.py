@@ -382,3 +382,15 @@ def test_a_folder_that_cannot_be_read_is_an_error_not_a_silent_gap(tmp_path):
         locked.chmod(0o755)
     assert (paths, reason) == ([str(tmp_path / "imgs" / "b.png")], None)
     assert problems == [(str(locked), "cannot list folder: permission denied")]
+
+
+def test_an_entry_that_cannot_be_mined_is_one_error_row_however_often_listed(tmp_path):
+    # Two inputs list the same link to an enclosing folder: one row, as one URI is mined once.
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"x")
+    (root / "up").symlink_to(root, target_is_directory=True)
+    uris, errors = run(tmp_path, lambda p: p | ImageURIs([str(root), f"{root}/**", f"{root}/"]))
+    assert uris == [str(root / "a.png")]
+    assert [(e.uri, e.stage) for e in errors] == [(str(root / "up"), "read")]
+    assert "symbolic link loop" in errors[0].error

@@ -29,6 +29,7 @@ from .uris import (
 )
 
 URIS = "uris"
+PROBLEMS = "problems"
 _LOG = logging.getLogger(__name__)
 
 
@@ -55,8 +56,8 @@ class _MatchFn(beam.DoFn):
             paths, reason = [], f"cannot list {pattern}: {read_error_reason(e)}"
         if reason is not None:
             yield TaggedOutput(ERRORS, Failure(uri=pattern, stage="read", error=reason))
-        for uri, error in problems:  # listed, but not minable (see match_pattern)
-            yield TaggedOutput(ERRORS, Failure(uri=uri, stage="read", error=error))
+        for problem in problems:  # listed, but not minable (see match_pattern)
+            yield TaggedOutput(PROBLEMS, problem)
         if skipped:
             # Not an error (the user's --extensions chose it), but never silent.
             self._skipped.inc(len(skipped))
@@ -78,6 +79,10 @@ class _ManifestFn(beam.DoFn):
             yield from read_manifest(path, self._column)
         except ManifestError as e:
             yield TaggedOutput(ERRORS, Failure(uri=path, stage="read", error=str(e)))
+
+
+def _listing_failure(uri: str, error: str) -> Failure:
+    return Failure(uri=uri, stage="read", error=error)
 
 
 def _dedup(uris: PCollection, errors: PCollection) -> ReadOutputs:
@@ -118,10 +123,17 @@ class ImageURIs(beam.PTransform):
             out = (
                 pbegin
                 | "Patterns" >> beam.Create(self._patterns)
-                | "Match" >> beam.ParDo(_MatchFn(self._extensions)).with_outputs(ERRORS, main=URIS)
+                | "Match"
+                >> beam.ParDo(_MatchFn(self._extensions)).with_outputs(ERRORS, PROBLEMS, main=URIS)
             )
             uris.append(out[URIS])
             errors.append(out[ERRORS])
+            # One row per entry, however many patterns list it (as URIs are mined once).
+            errors.append(
+                out[PROBLEMS]
+                | "DistinctProblems" >> beam.Distinct().with_output_types(tuple[str, str])
+                | "ProblemRows" >> beam.MapTuple(_listing_failure)
+            )
         if self._manifests:
             out = (
                 pbegin
