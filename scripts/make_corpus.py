@@ -73,7 +73,10 @@ def make_corpus(root: Path) -> Corpus:
     corpus, manifest_dir, elsewhere = root / "corpus", root / "manifest", root / "elsewhere"
     for d in (corpus, manifest_dir, elsewhere):
         d.mkdir(parents=True)
-    out = Corpus(inputs=[str(corpus), str(manifest_dir / "list.txt")])
+    # The folder, a "*" glob over the odd names (listed twice: mined and errored once),
+    # and a manifest.
+    inputs = [str(corpus), f"{corpus}/names/*", str(manifest_dir / "list.txt")]
+    out = Corpus(inputs=inputs)
     expect = out.expected
 
     def put(rel: str, data: bytes, outcome: str, reason: str = "", base: Path = corpus) -> str:
