@@ -2,7 +2,9 @@
 
 No transforms here (those are in read.py and watch.py): the launcher (--commit_every),
 startup checks and the exporters use the same rules as the pipeline's ImageURIs.
-Everything goes through Beam's `FileSystems`, so local paths and ``gs://`` work alike.
+Reading and remote listing go through Beam's `FileSystems`, so local paths and ``gs://``
+work alike; local patterns and folders are listed here (`walk_local`), because Beam's local
+listing drops what it cannot stat.
 
 URIs are normalised before deduplication: a ``file://`` prefix is stripped and local paths
 are made absolute and normalised (``os.path.abspath``). Remote URIs are kept as written:
