@@ -136,6 +136,11 @@ class RunIndex:
         return sum(self.mask_counts.values())
 
 
+# What an index entry needs, from the images table or, for masks without an images row,
+# from the masks table.
+_STAND_IN = ["image_uri", "image_sha256", "image_width", "image_height", "run_id"]
+
+
 def index_run(output: str) -> RunIndex:
     """The index of the run folder `output`: the images table, and one pass over the
     masks table's image_uri/run_id columns (batches, never the whole table).
@@ -143,13 +148,16 @@ def index_run(output: str) -> RunIndex:
     Raises tables.RunError if `output` holds no maskmine tables.
     """
     check_run(output)
-    image_table = read_table(output, "images")
+    wanted = [*_STAND_IN, "masks_generated", "created_at"]
+    image_table = read_table(output, "images", columns=wanted)
     newest_run = newest_runs(image_table)
     newest = {r["image_uri"]: r for r in keep_newest(image_table, newest_run).to_pylist()}
+    del image_table
+    # One copy of each URI string, shared by every map of the index (~100 bytes each).
+    newest_run = {uri: newest[uri]["run_id"] for uri in newest_run}
     keep, known = newest_filter(newest_run), pa.array(list(newest), pa.string())
     counts: dict[str, int] = {}
-    stand_in = ["image_uri", "image_sha256", "image_width", "image_height", "run_id"]
-    for batch in iter_table(output, "masks", columns=stand_in, batch_rows=8192):
+    for batch in iter_table(output, "masks", columns=_STAND_IN, batch_rows=8192):
         batch = keep(batch)
         uris = batch.column("image_uri")
         for row in pc.value_counts(uris).to_pylist():
@@ -159,7 +167,7 @@ def index_run(output: str) -> RunIndex:
             newest.setdefault(row["image_uri"], dict(row, masks_generated=-1))
     images, first_ann_ids, next_id = [], {}, 1
     for i, uri in enumerate(sorted(newest), start=1):
-        row = newest[uri]
+        row = newest.pop(uri)  # the row dicts go as the entries come
         images.append(
             RunImage(
                 image_id=i,
