@@ -3,8 +3,9 @@
 A mask's parent is the smallest other, strictly larger mask of the same image that holds at
 least `threshold` of its pixels (intersection / this mask's area); a mask with none is at the
 top (depth 0). Intersections are computed by pycocotools on the RLEs, never on full-size
-arrays, and only for pairs whose boxes could pass: memory is O(block x masks) for the box test,
-whatever the image size. Pure functions, no Beam.
+arrays, and only for pairs whose boxes could pass: memory is a few (block, masks) matrices
+of at most 500k entries for the box test, whatever the image size and the number of masks.
+Pure functions, no Beam.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 DEFAULT_CONTAINMENT = 0.9
-_BLOCK = 256  # children per box test: a (256, n) float64 matrix, 20 MB at n = 10,000
+# Children per box test: (block, n) float64 matrices of at most 500k entries (4 MB each).
+_MAX_BLOCK, _MAX_ENTRIES = 256, 500_000
 _CHUNK = 64  # candidate parents per RLE intersection call, smallest first
 
 
@@ -73,8 +75,9 @@ def parents(
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     parent = np.full(n, -1, dtype=np.int64)
-    for start in range(0, n, _BLOCK):
-        block = np.arange(start, min(start + _BLOCK, n))
+    step = max(1, min(_MAX_BLOCK, _MAX_ENTRIES // n))
+    for start in range(0, n, step):
+        block = np.arange(start, min(start + step, n))
         # The masks' intersection lies inside the boxes' intersection: a box overlap below
         # threshold * area rules the pair out without touching the RLEs.
         w = np.minimum(x1[block, None], x1[None]) - np.maximum(x0[block, None], x0[None])
