@@ -328,13 +328,25 @@ def coco_encode_column_major(masks_t: torch.Tensor) -> list[RLE]:
     return rles
 
 
+# pycocotools 2.0.11's area() holds the RLE count in a uint8 and raises OverflowError
+# under numpy 2 for 256 or more RLEs at once.
+_AREA_BATCH = 255
+
+
 def rle_boxes_and_areas(rles: list[RLE]) -> tuple[torch.Tensor, torch.Tensor]:
     """COCO RLEs -> (N, 4) int64 XYXY boxes (inclusive max, as `masks_to_boxes`) and (N,)
     int64 areas, read from the runs instead of another pass over the pixels."""
     if not rles:
         return torch.zeros((0, 4), dtype=torch.long), torch.zeros(0, dtype=torch.long)
     xywh = torch.from_numpy(mask_utils.toBbox(rles)).long()
-    areas = torch.from_numpy(mask_utils.area(rles).astype(np.int64))
+    areas = torch.from_numpy(
+        np.concatenate(
+            [
+                mask_utils.area(rles[i : i + _AREA_BATCH]).astype(np.int64)
+                for i in range(0, len(rles), _AREA_BATCH)
+            ]
+        )
+    )
     boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], dim=1)
     # An empty mask has box [0, 0, 0, 0] (toBbox gives w = h = 0, i.e. max -1).
     return boxes.masked_fill((areas == 0)[:, None], 0), areas

@@ -661,3 +661,14 @@ def test_boxes_and_areas_from_rle_equal_those_from_pixels():
     assert boxes.dtype == areas.dtype == torch.int64
     empty_boxes, empty_areas = rle_boxes_and_areas([])
     assert empty_boxes.shape == (0, 4) and empty_areas.shape == (0,)
+
+
+def test_boxes_and_areas_of_many_rles_at_once():
+    # pycocotools' area() overflows on 256+ RLEs in one call: a decoder batch at
+    # thresholds 0 with --points_per_batch 100 holds 300.
+    masks = torch.zeros((300, 9, 11), dtype=torch.bool)
+    for i in range(300):
+        masks[i, : 1 + i % 9, : 1 + i % 11] = True
+    boxes, areas = rle_boxes_and_areas(coco_encode(masks))
+    assert areas.tolist() == masks.sum(dim=(1, 2)).tolist()
+    assert boxes.tolist() == masks_to_boxes(masks).tolist()
