@@ -23,10 +23,12 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(x) if _in_place(x) else F.gelu(x)
 
 
-# Prompts upscaled at once. One prompt's (16 hw, C/8) intermediate (8 MB in fp32
-# for hw = 4096) stays in cache between the GEMM that writes it, the GELU and the
-# GEMM that reads it; 8 prompts at once ran 1.7x slower (fp32, 2 threads).
-_UPSCALE_CHUNK = 1
+# Bytes of the (16 hw, C/8) upscaling intermediate per chunk of prompts. It should stay
+# in cache between the GEMM that writes it, the GELU and the GEMM that reads it: for
+# the official models one prompt's is 8 MB (hw = 4096, C = 256) and 8 prompts at once
+# ran 1.7x slower (fp32, 2 threads), so they go one at a time; smaller models' prompts
+# are grouped up to this size, since each chunk costs ~10 kernel launches.
+_UPSCALE_CHUNK_BYTES = 8 << 20
 # Under autograd each chunk adds its own graph nodes and saved tensors: 16 prompts at
 # once made a patch-8 training step 1.63 s, against 1.80-2.08 s one prompt at a time.
 _UPSCALE_CHUNK_AUTOGRAD = 16
@@ -136,7 +138,11 @@ class MaskDecoder(nn.Module):
             side = 4 * math.isqrt(keys.shape[1])
             return hyper_in.new_zeros(0, hyper_in.shape[1], side, side)
         keys = keys.expand(batch, -1, -1)
-        chunk = _UPSCALE_CHUNK if _in_place(keys) else _UPSCALE_CHUNK_AUTOGRAD
+        if _in_place(keys):
+            per_prompt = 16 * keys.shape[1] * self.output_upscaling[3].out_channels
+            chunk = max(1, _UPSCALE_CHUNK_BYTES // (per_prompt * keys.element_size()))
+        else:
+            chunk = _UPSCALE_CHUNK_AUTOGRAD
         return torch.cat(
             [
                 self.upscaled_masks(keys[i : i + chunk], hyper_in[i : i + chunk])

@@ -223,3 +223,42 @@ def test_upscale_equals_the_two_bilinear_interpolations(input_size, original_siz
     out_t = upscale_masks(low, input_size, original_size, 256, transposed=True)
     assert out_t.shape == (2, 3, original_size[1], original_size[0]) and out_t.is_contiguous()
     torch.testing.assert_close(out_t.transpose(-1, -2), out, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "input_size, original_size",
+    [((256, 183), (70, 50)), ((94, 256), (33, 90)), ((256, 256), (512, 512))],
+)
+def test_region_blocks_equal_the_full_upscale_inside_and_are_minus_inf_outside(
+    input_size, original_size
+):
+    from sam_core.preprocess import RegionUpscaler, upscale_masks
+
+    gen = torch.Generator().manual_seed(1)
+    # Masks of very different extents (a blob, a corner, a thin line, a full map), so
+    # the padded batch mixes small regions with large ones.
+    low = torch.full((4, 64, 64), -8.0)
+    low[0, 20:30, 10:25] = torch.rand(10, 15, generator=gen) * 5
+    low[1, 60:, 60:] = 3.0
+    low[2, 10, :] = 2.0
+    low[3] = torch.randn(64, 64, generator=gen) * 5
+    upscaler = RegionUpscaler(64, input_size, original_size, 256, torch.device("cpu"))
+    regions = upscaler.regions(low, -1.0)
+    full_t = upscale_masks(low[:, None], input_size, original_size, 256, transposed=True)[:, 0]
+    nonempty = (regions[:, 0] <= regions[:, 1]) & (regions[:, 2] <= regions[:, 3])
+    # A region is empty only where nothing reaches the threshold (e.g. the corner mask,
+    # inside the padding of a non-square input).
+    assert bool((full_t[~nonempty] <= -1.0).all())
+    assert int(nonempty.sum()) >= 3
+    blocks = upscaler.blocks_t(low[nonempty], regions[nonempty])
+    for block, i in zip(blocks, nonempty.nonzero().flatten().tolist()):
+        y0, y1, x0, x1 = regions[i].tolist()
+        inside = block[: x1 - x0 + 1, : y1 - y0 + 1]
+        torch.testing.assert_close(inside, full_t[i, x0 : x1 + 1, y0 : y1 + 1], atol=1e-5, rtol=0)
+        # Nothing above the threshold outside the region, in the full upscale either.
+        outside = full_t[i].clone()
+        outside[x0 : x1 + 1, y0 : y1 + 1] = float("-inf")
+        assert bool((outside <= -1.0).all())
+        padding = block.clone()
+        padding[: x1 - x0 + 1, : y1 - y0 + 1] = float("-inf")
+        assert bool(torch.isneginf(padding).all())
