@@ -379,3 +379,16 @@ def _dump(values, path):
 def _load(path):
     with open(path, "rb") as f:
         return pickle.load(f)
+
+
+def test_read_image_bytes_reads_in_pieces_up_to_the_limit(tmp_path, monkeypatch):
+    from transforms import decode
+
+    monkeypatch.setattr(decode, "_READ_PIECE_BYTES", 3)
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789")
+    assert read_image_bytes(str(path), max_bytes=10) == b"0123456789"
+    with pytest.raises(ReadError, match="larger than max_bytes 9"):
+        read_image_bytes(str(path), max_bytes=9)
+    (tmp_path / "empty.bin").write_bytes(b"")
+    assert read_image_bytes(str(tmp_path / "empty.bin"), max_bytes=9) == b""

@@ -64,6 +64,9 @@ class DecodeOutputs(NamedTuple):
     __getitem__ = outputs_getitem
 
 
+_READ_PIECE_BYTES = 16 << 20
+
+
 def read_image_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """All bytes of the file at `uri` (any FileSystems scheme), at most `max_bytes`.
 
@@ -72,12 +75,20 @@ def read_image_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     try:
         # UNCOMPRESSED: a name ending in .gz must not be silently gunzipped.
         with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = f.read(max_bytes + 1)
+            # In pieces: one read(max_bytes + 1) reserves that much memory up front
+            # (1 GiB at the default), whatever the file's size.
+            pieces, size = [], 0
+            while size <= max_bytes:
+                piece = f.read(min(_READ_PIECE_BYTES, max_bytes + 1 - size))
+                if not piece:
+                    break
+                pieces.append(piece)
+                size += len(piece)
     except Exception as e:
         raise ReadError(f"cannot read {uri}: {read_error_reason(e)}") from e
-    if len(data) > max_bytes:
+    if size > max_bytes:
         raise ReadError(f"file is larger than max_bytes {max_bytes}")
-    return data
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
