@@ -17,6 +17,7 @@ from sam_core.sam import Sam
 from training import train as train_module
 from training.evaluate import best_ious, evaluate_points, held_out_scenes, innermost_point
 from training.train import (
+    ThreadTuner,
     TrainConfig,
     choose_precision,
     corrective_points,
@@ -450,3 +451,13 @@ def test_signal_handlers_are_put_back_after_a_cli_run(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     assert main(["--out", str(tmp_path / "m.pth"), *CLI_FLAGS, "--max-steps=1"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_thread_tuner_tries_one_thread_early_and_keeps_the_faster():
+    tuner = ThreadTuner(2, every=100, probe=4, first=10)
+    used = [tuner.threads_for(s) for s in range(20)]
+    assert used[:10] == [2] * 10 and used[10:14] == [1] * 4 and used[14:] == [2] * 6
+    for threads, seconds in ((2, 20.0), (1, 3.5)):  # a contended machine
+        tuner.record(threads, seconds)
+    assert tuner.threads_for(20) == 1 and tuner.threads_for(100) == 2  # probes the other
+    assert ThreadTuner(1).threads_for(10) == 1  # nothing to choose from

@@ -525,18 +525,26 @@ class ThreadTuner:
 
     On a shared 2-core machine, two threads stall on each other whenever another
     process holds a core (each parallel region waits for the descheduled thread),
-    and one thread is then several times faster. Every `every` steps the other
-    count is tried for `probe` steps; the faster recent average wins.
+    and one thread is then several times faster. The other count is tried for `probe`
+    steps at step `first` of the run, then every `every` steps; the faster recent
+    average wins. `first` is early (10, after the first steps' kernel compilation):
+    on a contended machine (2026-12-02) 2 threads took 20 s a step and 1 thread 3.5 s,
+    and probing only from step 100 on cost a run most of its first 30 minutes.
     """
 
-    def __init__(self, max_threads: int = 2, every: int = 100, probe: int = 4) -> None:
+    def __init__(
+        self, max_threads: int = 2, every: int = 100, probe: int = 4, first: int = 10
+    ) -> None:
         self.choices = sorted({max_threads, 1}, reverse=True)
-        self.every, self.probe = every, probe
+        self.every, self.probe, self.first = every, probe, first
         self.mean: dict[int, float] = {}
         self.best = self.choices[0]
 
     def threads_for(self, step: int) -> int:
-        if len(self.choices) > 1 and step >= self.every and step % self.every < self.probe:
+        """Threads for step `step` of this run (counted from 0 at the run's start)."""
+        early = self.first <= step < self.first + self.probe
+        periodic = step >= self.every and step % self.every < self.probe
+        if len(self.choices) > 1 and (early or periodic):
             return next(c for c in self.choices if c != self.best)
         return self.best
 
@@ -762,7 +770,7 @@ def _train(
         if should_stop():
             stopped = "signal"
             break
-        threads = tuner.threads_for(step)
+        threads = tuner.threads_for(step - run["first_step"])
         torch.set_num_threads(threads)
         progress = step / cfg.total_steps if cfg.total_steps else total / budget
         lr = learning_rate(cfg, step, progress)
