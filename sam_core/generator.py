@@ -35,8 +35,6 @@ _EDGE_TOLERANCE_PX = 20.0
 # Bounds the full-resolution masks held at once while scoring them: a chunk holds as many
 # masks as this budget holds float32 maps of the crop (bytes).
 _LOGIT_BUDGET_BYTES = 64 << 20
-# Full-resolution logits of one batched group of regions (elements): 16 MB in float32.
-_GROUP_ELEMENTS = 4 << 20
 
 
 @dataclasses.dataclass
@@ -85,32 +83,6 @@ def _region_upscaler(
 ) -> RegionUpscaler:
     """One RegionUpscaler per crop geometry (the crops of a layer share it)."""
     return RegionUpscaler(low_res, input_size, original_size, image_size, device)
-
-
-def _region_groups(regions: list[list[int]]) -> list[list[int]]:
-    """Indices of the non-empty (y0, y1, x0, x1) regions, grouped for one batched
-    `RegionUpscaler.blocks_t` each: similar sizes together (by area), so that padding
-    every block to its group's largest width and height at most doubles the work, and
-    each group's blocks within _GROUP_ELEMENTS."""
-    sized = []
-    for i, (y0, y1, x0, x1) in enumerate(regions):
-        if y0 <= y1 and x0 <= x1:
-            sized.append(((y1 - y0 + 1) * (x1 - x0 + 1), y1 - y0 + 1, x1 - x0 + 1, i))
-    sized.sort()
-    groups: list[list[int]] = []
-    group: list[int] = []
-    height = width = total = 0
-    for area, h, w, i in sized:
-        grown_h, grown_w = max(height, h), max(width, w)
-        padded = (len(group) + 1) * grown_h * grown_w
-        if group and (padded > 2 * (total + area) or padded > _GROUP_ELEMENTS):
-            groups.append(group)
-            group, grown_h, grown_w, total = [], h, w, 0
-        group.append(i)
-        height, width, total = grown_h, grown_w, total + area
-    if group:
-        groups.append(group)
-    return groups
 
 
 def _encode_column_major(masks_t: torch.Tensor, nonempty: torch.Tensor) -> list[dict]:
@@ -465,8 +437,7 @@ class AutomaticMaskGenerator:
         candidates = low_res[keep].float()
         # Outside its region a mask's logits are <= every threshold used below (the mask
         # at 0, the stability score's 0 +- offset), so they count nowhere.
-        regions = upscaler.regions(candidates, min(0.0, -offset, offset))
-        region_list = regions.tolist()
+        regions = upscaler.regions(candidates, min(0.0, -offset, offset)).tolist()
         kept, stability, boxes, areas, rles = [], [], [], [], []
         for start in range(0, len(keep), chunk):
             n = min(chunk, len(keep) - start)
@@ -474,18 +445,17 @@ class AutomaticMaskGenerator:
             # Masks are held transposed, (n, W, H): already in the column-major order
             # pycocotools encodes.
             masks_t = torch.zeros((n, crop_w, crop_h), dtype=torch.bool, device=device)
-            # An empty region has nothing above -offset: stability 0 / 0, an empty mask.
             score = torch.full((n,), float("nan"), device=device)
             nonempty = torch.zeros(n, dtype=torch.bool, device=device)
-            for group in _region_groups(region_list[start : start + n]):
-                local = torch.tensor(group, device=device)
-                blocks = upscaler.blocks_t(candidates[local + start], regions[local + start])
-                score[local] = mask_ops.calculate_stability_score(blocks, 0.0, offset)
-                block_masks = blocks > 0.0
-                nonempty[local] = block_masks.flatten(1).any(1)
-                for j, mask in zip(group, block_masks):
-                    y0, y1, x0, x1 = region_list[start + j]
-                    masks_t[j, x0 : x1 + 1, y0 : y1 + 1] = mask[: x1 - x0 + 1, : y1 - y0 + 1]
+            for j in range(n):
+                y0, y1, x0, x1 = regions[start + j]
+                if y0 > y1 or x0 > x1:
+                    continue  # nothing above -offset: stability 0 / 0, an empty mask
+                block = upscaler.block_t(candidates[start + j], regions[start + j])
+                score[j] = mask_ops.calculate_stability_score(block, 0.0, offset)
+                mask = block > 0.0
+                masks_t[j, x0 : x1 + 1, y0 : y1 + 1] = mask
+                nonempty[j] = mask.any()
             if self.stability_score_thresh > 0.0:
                 stable = score >= self.stability_score_thresh
                 idx, score, masks_t = idx[stable], score[stable], masks_t[stable]

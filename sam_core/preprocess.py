@@ -153,7 +153,7 @@ class RegionUpscaler:
     1) of the low-res logits in its support: a few rows of R times a few columns of C.
     So where every low-res value of a support is at most `threshold`, so is the
     full-resolution value. `regions` finds, per mask, the smallest full-resolution box
-    outside of which no logit can exceed the threshold; `blocks_t` computes the logits
+    outside of which no logit can exceed the threshold; `block_t` computes the logits
     inside it, the same products as `upscale_masks` restricted to their non-zero terms.
     Masks of small objects then cost their box, not the whole image.
 
@@ -197,56 +197,15 @@ class RegionUpscaler:
         y1 = torch.where(empty, torch.zeros_like(y1), y1)
         return torch.stack([y0, y1, x0, x1], dim=1)
 
-    def blocks_t(self, low_res: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-        """(k, s, s) logits and their (k, 4) `regions` (none empty) -> (k, W, H) logits
-        of each mask inside its region, transposed as `upscale_masks(transposed=True)`,
-        where W, H are the largest region width and height; a smaller region's block
-        is padded with -inf (above no threshold).
-
-        One batched product for the k masks: each mask's rows of R and columns of C,
-        and its low-res support, are gathered into padded stacks whose padding has
-        zero weight.
-        """
-        k, s = low_res.shape[0], low_res.shape[-1]
-        y0, y1, x0, x1 = regions.unbind(1)
-        heights, widths = y1 - y0 + 1, x1 - x0 + 1
-        # Low-res supports [a, b) x [c, d) of each region.
-        a, b = self.row_lo[y0], self.row_hi[y1] + 1
-        c, d = self.col_lo[x0], self.col_hi[x1] + 1
-        rows = _gather_band(self.rows, y0, heights, a, b - a).to(low_res.dtype)  # (k, H, SH)
-        cols = _gather_band(self.cols, x0, widths, c, d - c).to(low_res.dtype)  # (k, W, SW)
-        sh, sw = rows.shape[2], cols.shape[2]
-        ri = (a[:, None] + torch.arange(sh, device=a.device)).clamp_(max=s - 1)
-        ci = (c[:, None] + torch.arange(sw, device=c.device)).clamp_(max=s - 1)
-        batch = torch.arange(k, device=a.device)[:, None, None]
-        # (k, SW, SH): the transposed supports; their padding meets zero weights.
-        support_t = low_res[batch, ri[:, None, :], ci[:, :, None]]
-        blocks = cols @ (support_t @ rows.transpose(1, 2))  # (k, W, H)
-        outside = (torch.arange(blocks.shape[1], device=a.device) >= widths[:, None])[
-            :, :, None
-        ] | (torch.arange(blocks.shape[2], device=a.device) >= heights[:, None])[:, None, :]
-        return blocks.masked_fill_(outside, float("-inf"))
-
-
-def _gather_band(
-    matrix: torch.Tensor,
-    first: torch.Tensor,
-    count: torch.Tensor,
-    lo: torch.Tensor,
-    width: torch.Tensor,
-) -> torch.Tensor:
-    """Rows first[i] .. first[i] + count[i] - 1 and columns lo[i] .. lo[i] + width[i] - 1
-    of an (out, in) matrix, for each of k bands, as a (k, max count, max width) stack
-    zero outside each band's own size."""
-    rows = int(count.max())
-    cols = int(width.max())
-    r = first[:, None] + torch.arange(rows, device=first.device)  # (k, rows)
-    c = lo[:, None] + torch.arange(cols, device=first.device)  # (k, cols)
-    valid = (r < (first + count)[:, None])[:, :, None] & (c < (lo + width)[:, None])[:, None, :]
-    r = r.clamp(max=matrix.shape[0] - 1)
-    c = c.clamp(max=matrix.shape[1] - 1)
-    band = matrix[r[:, :, None], c[:, None, :]]
-    return band.masked_fill_(~valid, 0.0)
+    def block_t(self, low_res: torch.Tensor, region: list[int]) -> torch.Tensor:
+        """(s, s) logits of one mask -> its (x1 - x0 + 1, y1 - y0 + 1) logits inside
+        `region` (from `regions`), transposed as `upscale_masks(transposed=True)`."""
+        y0, y1, x0, x1 = region
+        a, b = int(self.row_lo[y0]), int(self.row_hi[y1]) + 1
+        c, d = int(self.col_lo[x0]), int(self.col_hi[x1]) + 1
+        rows = self.rows[y0 : y1 + 1, a:b].to(low_res.dtype)
+        cols = self.cols[x0 : x1 + 1, c:d].to(low_res.dtype)
+        return cols @ (low_res[a:b, c:d].transpose(0, 1) @ rows.T)
 
 
 def _support(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
