@@ -6,7 +6,7 @@ maskmine --runner DataflowRunner --project P --region R --temp_location gs://b/t
 
 Subcommands read a finished run back (no subcommand means mine):
 maskmine inspect out/ [--images N | URI ...] [--out DIR]   # overlay PNGs, histograms, HTML
-maskmine export out/ --format sa1b|coco --dest DIR_OR_FILE
+maskmine export out/ --format sa1b|sa1b-tar|coco|labelstudio --dest DIR_OR_FILE
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ SUBCOMMANDS_HELP = """\
 maskmine: mine segmentation masks with SAM into Parquet tables.
 
 usage: maskmine [mining options]                  mine (all options below)
-       maskmine inspect OUTPUT [--images N | URI ...] [--out DIR] [--max_masks N]
+       maskmine inspect OUTPUT [--images N | URI ...] [--out DIR] [--top_k N] [--boxes] [--points]
                                                   overlay PNGs, run histograms, index.html
-       maskmine export OUTPUT --format sa1b|coco --dest DIR_OR_FILE
-                                                  SA-1B JSON per image, or one COCO JSON
+       maskmine export OUTPUT --format sa1b|sa1b-tar|coco|labelstudio --dest DIR_OR_FILE
+                                                  SA-1B JSON per image or tar shards, one COCO
+                                                  JSON, or Label Studio tasks
        maskmine inspect --help, maskmine export --help: their options
 
 Mining options:
