@@ -92,32 +92,28 @@ def load_run(output: str, image_uris: Iterable[str] | None = None) -> list[RunIm
     mask_table = keep_newest(read_table(output, "masks", image_uris=uris), newest_run)
     for row in mask_table.to_pylist():
         if row["image_uri"] not in newest:  # masks without an images row (not maskmine's)
-            newest[row["image_uri"]] = {
-                "image_uri": row["image_uri"],
-                "image_sha256": row["image_sha256"],
-                "image_width": row["image_width"],
-                "image_height": row["image_height"],
-                "run_id": row["run_id"],
-                "masks_generated": -1,
-            }
+            newest[row["image_uri"]] = {k: row[k] for k in _STAND_IN} | {"masks_generated": -1}
         masks.setdefault(row["image_uri"], []).append(row)
     images = []
     for i, uri in enumerate(sorted(newest), start=1):
         row = newest[uri]
-        images.append(
-            RunImage(
-                image_id=i,
-                uri=uri,
-                sha256=row["image_sha256"],
-                width=int(row["image_width"]),
-                height=int(row["image_height"]),
-                run_id=row["run_id"],
-                masks_generated=int(row["masks_generated"]),
-                # mask_id order: deterministic, independent of how Beam sharded the files.
-                masks=sorted(masks.get(uri, []), key=lambda m: m["mask_id"]),
-            )
-        )
+        # mask_id order: deterministic, independent of how Beam sharded the files.
+        images.append(_run_image(i, row, sorted(masks.get(uri, []), key=lambda m: m["mask_id"])))
     return images
+
+
+def _run_image(image_id: int, row: dict, masks: list[dict]) -> RunImage:
+    """A RunImage from an images-table row (or a stand-in of one) and its masks."""
+    return RunImage(
+        image_id=image_id,
+        uri=row["image_uri"],
+        sha256=row["image_sha256"],
+        width=int(row["image_width"]),
+        height=int(row["image_height"]),
+        run_id=row["run_id"],
+        masks_generated=int(row["masks_generated"]),
+        masks=masks,
+    )
 
 
 @dataclasses.dataclass
@@ -168,18 +164,7 @@ def index_run(output: str) -> RunIndex:
     images, first_ann_ids, next_id = [], {}, 1
     for i, uri in enumerate(sorted(newest), start=1):
         row = newest.pop(uri)  # the row dicts go as the entries come
-        images.append(
-            RunImage(
-                image_id=i,
-                uri=uri,
-                sha256=row["image_sha256"],
-                width=int(row["image_width"]),
-                height=int(row["image_height"]),
-                run_id=row["run_id"],
-                masks_generated=int(row["masks_generated"]),
-                masks=[],
-            )
-        )
+        images.append(_run_image(i, row, []))
         first_ann_ids[uri] = next_id
         next_id += counts.get(uri, 0)
     mask_counts = {im.uri: counts.get(im.uri, 0) for im in images}
