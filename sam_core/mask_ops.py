@@ -19,6 +19,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import product
 from typing import Any, Literal
 
@@ -333,20 +334,22 @@ def coco_encode_column_major(masks_t: torch.Tensor) -> list[RLE]:
 _AREA_BATCH = 255
 
 
+def rle_areas(rles: Sequence[RLE]) -> np.ndarray:
+    """(N,) int64 pixel counts of COCO RLEs, read from their runs."""
+    parts = [
+        mask_utils.area(list(rles[i : i + _AREA_BATCH])).astype(np.int64)
+        for i in range(0, len(rles), _AREA_BATCH)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def rle_boxes_and_areas(rles: list[RLE]) -> tuple[torch.Tensor, torch.Tensor]:
     """COCO RLEs -> (N, 4) int64 XYXY boxes (inclusive max, as `masks_to_boxes`) and (N,)
     int64 areas, read from the runs instead of another pass over the pixels."""
     if not rles:
         return torch.zeros((0, 4), dtype=torch.long), torch.zeros(0, dtype=torch.long)
     xywh = torch.from_numpy(mask_utils.toBbox(rles)).long()
-    areas = torch.from_numpy(
-        np.concatenate(
-            [
-                mask_utils.area(rles[i : i + _AREA_BATCH]).astype(np.int64)
-                for i in range(0, len(rles), _AREA_BATCH)
-            ]
-        )
-    )
+    areas = torch.from_numpy(rle_areas(rles))
     boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], dim=1)
     # An empty mask has box [0, 0, 0, 0] (toBbox gives w = h = 0, i.e. max -1).
     return boxes.masked_fill((areas == 0)[:, None], 0), areas

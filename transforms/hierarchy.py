@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from sam_core.mask_ops import rle_areas
+
 DEFAULT_CONTAINMENT = 0.9
 # Children per box test: (block, n) float64 matrices of at most 500k entries (4 MB each).
 _MAX_BLOCK, _MAX_ENTRIES = 256, 500_000
@@ -24,14 +26,6 @@ _CHUNK = 64  # candidate parents per RLE intersection call, smallest first
 def _rles(segmentations: Sequence[dict]) -> list[dict]:
     # pycocotools takes str or bytes counts; a copy so that callers' dicts stay untouched.
     return [{"size": list(s["size"]), "counts": s["counts"]} for s in segmentations]
-
-
-def areas(rles: Sequence[dict]) -> np.ndarray:
-    """(n,) int64 pixel counts of COCO RLEs."""
-    # pycocotools 2.0.11's area() under numpy 2 raises OverflowError for 256 or more RLEs
-    # at once (its count goes through a uint8): ask for at most 255 at a time.
-    parts = [mask_utils.area(list(rles[k : k + 255])) for k in range(0, len(rles), 255)]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def containment(inner: Sequence[dict], outer: Sequence[dict]) -> np.ndarray:
@@ -65,7 +59,7 @@ def parents(
     if len({tuple(s["size"]) for s in segmentations}) > 1:
         raise ValueError("masks of one image must all have the same size")
     rles = _rles(segmentations)
-    area = areas(rles).astype(np.float64)
+    area = rle_areas(rles).astype(np.float64)
     xywh = mask_utils.toBbox(rles).astype(np.float64)
     x0, y0 = xywh[:, 0], xywh[:, 1]
     x1, y1 = x0 + xywh[:, 2], y0 + xywh[:, 3]
