@@ -19,6 +19,7 @@ from typing import BinaryIO
 import torch
 
 from .config import CONFIGS, SamConfig, config_from_state_dict, model_type_of
+from .denormals import flush_denormals
 from .sam import Sam
 
 Opener = Callable[[str], BinaryIO]
@@ -190,6 +191,7 @@ def build_sam(
     Raises CheckpointError naming the problem for unusable files, and ValueError
     for an unknown model_type.
     """
+    flush_denormals()  # usually this thread's first tensor op: see sam_core.denormals
     if isinstance(model_type, str):
         if model_type not in CONFIGS:
             raise ValueError(f"unknown model_type {model_type!r}; expected one of {list(CONFIGS)}")

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from .denormals import flush_denormals
 from .precision import resolve_precision
 from .preprocess import (
     boxes_to_input_frame,
@@ -128,6 +129,7 @@ class SamPredictor:
         """Encode (H, W, 3) uint8 RGB images of any sizes in one encoder call."""
         if len(images) == 0:
             return []
+        flush_denormals()
         batch, input_sizes = self.prepare(images)
         with self.autocast():
             features = self.model.image_encoder(batch)
@@ -205,6 +207,7 @@ class SamPredictor:
         Arguments as in `predict`. With `min_iou`, mask logits are computed only for
         the prompts with at least one predicted IoU > min_iou.
         """
+        flush_denormals()
         device = self.device
         coords = _as_tensor(point_coords, torch.float32, device)
         labels = _as_tensor(point_labels, torch.int64, device)

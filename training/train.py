@@ -47,6 +47,7 @@ from torch import nn
 from sam_core.allocator import keep_freed_memory
 from sam_core.build import save_state_dict
 from sam_core.config import SamConfig
+from sam_core.denormals import flush_denormals
 from sam_core.precision import PRECISIONS, fast_bf16, resolve_precision
 from sam_core.preprocess import normalize_and_pad
 from sam_core.sam import Sam
@@ -684,6 +685,8 @@ def _train(
     # activations); reusing freed blocks instead of faulting in fresh pages made a
     # patch-8 encoder step 2x faster here.
     keep_freed_memory()
+    # Before the first tensor op, so that the OpenMP threads inherit it (sam_core.denormals).
+    flush_denormals()
     precision, why = choose_precision(cfg.precision, device)
     log(f"precision {precision} ({why}); device {device}")
     tuner = ThreadTuner(cfg.threads)
