@@ -447,17 +447,23 @@ class AutomaticMaskGenerator:
             # Masks are held transposed, (n, W, H): already in the column-major order
             # pycocotools encodes.
             masks_t = torch.zeros((n, crop_w, crop_h), dtype=torch.bool, device=device)
-            score = torch.full((n,), float("nan"), device=device)
-            nonempty = torch.zeros(n, dtype=torch.bool, device=device)
+            zero = torch.zeros((), dtype=torch.int64, device=device)
+            inter, union = [zero] * n, [zero] * n
             for j in range(n):
-                y0, y1, x0, x1 = regions[start + j]
+                y0, y1, x0, x1 = region = regions[start + j]
                 if y0 > y1 or x0 > x1:
                     continue  # nothing above -offset: stability 0 / 0, an empty mask
-                block = upscaler.block_t(candidates[start + j], regions[start + j])
-                score[j] = mask_ops.calculate_stability_score(block, 0.0, offset)
-                mask = block > 0.0
-                masks_t[j, x0 : x1 + 1, y0 : y1 + 1] = mask
-                nonempty[j] = mask.any()
+                block = upscaler.block_t(candidates[start + j], region)
+                inter[j], union[j] = mask_ops.stability_counts(block, 0.0, offset)
+                torch.gt(block, 0.0, out=masks_t[j, x0 : x1 + 1, y0 : y1 + 1])
+            inter_t, union_t = torch.stack(inter), torch.stack(union)
+            score = mask_ops.stability_from_counts(inter_t, union_t)
+            # count(> |offset|) <= count(> 0) <= count(> -|offset|): only masks between
+            # the two need their pixels looked at to tell whether they are empty.
+            nonempty = torch.minimum(inter_t, union_t) > 0
+            unsure = (~nonempty & (torch.maximum(inter_t, union_t) > 0)).nonzero().flatten()
+            if len(unsure):
+                nonempty[unsure] = masks_t[unsure].flatten(1).any(1)
             if self.stability_score_thresh > 0.0:
                 stable = score >= self.stability_score_thresh
                 idx, score, masks_t = idx[stable], score[stable], masks_t[stable]

@@ -121,9 +121,25 @@ def calculate_stability_score(
         union.append(_count_above(part, lo))
     if not inter:
         return torch.empty(lead, dtype=torch.float32, device=mask_logits.device)
+    return stability_from_counts(torch.cat(inter), torch.cat(union)).reshape(lead)
+
+
+def stability_counts(
+    mask_logits: torch.Tensor, mask_threshold: float, threshold_offset: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two pixel counts of the stability score of one (H, W) map: () int64 counts
+    of values > mask_threshold + threshold_offset and > mask_threshold - threshold_offset.
+    """
+    high = (mask_logits > mask_threshold + threshold_offset).count_nonzero()
+    low = (mask_logits > mask_threshold - threshold_offset).count_nonzero()
+    return high, low
+
+
+def stability_from_counts(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """(...) integer counts from `stability_counts` -> (...) float32 stability scores
+    (NaN where union is 0)."""
     # float32 division is exact-input for counts below 2**24 pixels per map.
-    ious = torch.cat(inter).float() / torch.cat(union).float()
-    return ious.reshape(lead)
+    return inter.float() / union.float()
 
 
 def _count_above(maps: torch.Tensor, threshold: float) -> torch.Tensor:

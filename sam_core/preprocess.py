@@ -179,6 +179,11 @@ class RegionUpscaler:
         # First and last low-res index each output row / column draws on (non-decreasing).
         self.row_lo, self.row_hi = _support(self.rows)
         self.col_lo, self.col_hi = _support(self.cols)
+        # As Python ints too: block_t reads four per mask, and indexing a tensor per
+        # element costs more than the lookup.
+        self._bounds = tuple(
+            t.tolist() for t in (self.row_lo, self.row_hi, self.col_lo, self.col_hi)
+        )
 
     def regions(self, low_res: torch.Tensor, threshold: float) -> torch.Tensor:
         """(n, s, s) logits -> (n, 4) int64 full-resolution boxes y0, y1, x0, x1
@@ -201,10 +206,13 @@ class RegionUpscaler:
         """(s, s) logits of one mask -> its (x1 - x0 + 1, y1 - y0 + 1) logits inside
         `region` (from `regions`), transposed as `upscale_masks(transposed=True)`."""
         y0, y1, x0, x1 = region
-        a, b = int(self.row_lo[y0]), int(self.row_hi[y1]) + 1
-        c, d = int(self.col_lo[x0]), int(self.col_hi[x1]) + 1
-        rows = self.rows[y0 : y1 + 1, a:b].to(low_res.dtype)
-        cols = self.cols[x0 : x1 + 1, c:d].to(low_res.dtype)
+        row_lo, row_hi, col_lo, col_hi = self._bounds
+        a, b = row_lo[y0], row_hi[y1] + 1
+        c, d = col_lo[x0], col_hi[x1] + 1
+        rows = self.rows[y0 : y1 + 1, a:b]
+        cols = self.cols[x0 : x1 + 1, c:d]
+        if low_res.dtype != rows.dtype:
+            rows, cols = rows.to(low_res.dtype), cols.to(low_res.dtype)
         return cols @ (low_res[a:b, c:d].transpose(0, 1) @ rows.T)
 
 
