@@ -131,6 +131,7 @@ class Attention(nn.Module):
         token_values: torch.Tensor,
         image_pe: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
+        residual_is_scratch: bool = False,
     ) -> torch.Tensor:
         """Image token queries (B or 1, hw, C) over few token keys/values (B, N, C).
 
@@ -138,7 +139,9 @@ class Attention(nn.Module):
         only through the scores as in `tokens_to_image`. Returns (B, hw, C), plus
         `residual` ((B or 1, hw, C)) if given, added by the output GEMM instead of
         another pass. q_proj is folded into the token keys and out_proj into the
-        token values, so the image tokens are never projected.
+        token values, so the image tokens are never projected. With
+        `residual_is_scratch` (the caller needs `residual` no more, and it may be
+        `image_queries`: those are read before), the sum is written into `residual`.
         """
         b, n, c = token_keys.shape
         h, d = self.num_heads, self.head_dim
@@ -167,6 +170,15 @@ class Attention(nn.Module):
         v_out = ((v @ w_out).reshape(b, h * n, c) + self.out_proj.bias / h).to(image_dtype)
         if residual is None:
             return probs.transpose(1, 2) @ v_out
+        in_place = (
+            residual_is_scratch
+            and residual.shape[0] == b
+            and not (torch.is_grad_enabled() and residual.requires_grad)
+        )
+        if in_place:
+            # Out of place, baddbmm first copies the (B, hw, C) residual into its output:
+            # a pass over tens of MB that costs about as much as the GEMM.
+            return residual.baddbmm_(probs.transpose(1, 2), v_out)
         return torch.baddbmm(residual, probs.transpose(1, 2), v_out)
 
 
@@ -233,8 +245,13 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         cache: ImageCache | None = None,
+        keys_are_scratch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries (B, N, C), keys (B or 1, hw, C) -> updated queries, keys (B, hw, C)."""
+        """queries (B, N, C), keys (B or 1, hw, C) -> updated queries, keys (B, hw, C).
+
+        keys_are_scratch: `keys` is this transformer's own intermediate, which may be
+        overwritten (not the caller's image embedding).
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -253,7 +270,12 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         keys = i2t.image_to_tokens(
-            image_queries, queries + query_pe, queries, image_pe, residual=keys
+            image_queries,
+            queries + query_pe,
+            queries,
+            image_pe,
+            residual=keys,
+            residual_is_scratch=keys_are_scratch,
         )
         return queries, self.norm4(keys)
 
@@ -295,7 +317,10 @@ class TwoWayTransformer(nn.Module):
             key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
         for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, keys, point_embedding, key_pe, cache if i == 0 else None)
+            # From layer 1 on, keys are the previous layer's output: no one else holds them.
+            queries, keys = layer(
+                queries, keys, point_embedding, key_pe, cache if i == 0 else None, i > 0
+            )
         final = self.final_attn_token_to_image
         attn = final.tokens_to_image(queries + point_embedding, keys, keys, key_pe)
         return self.norm_final_attn(queries + attn), keys

@@ -78,10 +78,21 @@ def test_cached_decoder_equals_uncached_decoder(model, images):
         sparse, dense = pe(
             (coords_to_input_frame(coords, emb.original_size, 256), labels), None, None
         )
-        plain = model.mask_decoder(emb.features[None], pe.dense_pe(), sparse, dense, True)
-        cached = model.mask_decoder(None, None, sparse, None, True, predictor.decoder_cache(emb))
+        inputs = [emb.features[None], pe.dense_pe(), sparse, dense]
+        before = [t.clone() for t in inputs]
+        plain = model.mask_decoder(*inputs, True)
+        cache = predictor.decoder_cache(emb)
+        cache_before = [t.clone() for t in cache]
+        cached = model.mask_decoder(None, None, sparse, None, True, cache)
+        again = model.mask_decoder(None, None, sparse, None, True, cache)
     for a, b in zip(plain, cached):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # Intermediates are overwritten in place; the inputs and the cache never are.
+    assert model.mask_decoder.transformer.layers[1:], "needs a layer that reuses its keys"
+    for a, b in zip(cached, again):
+        assert torch.equal(a, b)
+    for a, b in zip([*inputs, *cache], [*before, *cache_before]):
+        assert torch.equal(a, b)
     assert set(emb.decoder_caches) == {"fp32"}
 
 
