@@ -22,6 +22,8 @@ from sam_core.mask_ops import (
     masks_to_rle,
     remove_small_regions,
     rle_boxes_and_areas,
+    stability_counts,
+    stability_from_counts,
     uncrop_boxes_xyxy,
     uncrop_points,
 )
@@ -174,6 +176,21 @@ def test_stability_empty_union_is_nan_and_empty_input():
     empty = calculate_stability_score(torch.zeros((0, 4, 4)), 0.0, 1.0)
     assert empty.shape == (0,)
     assert empty.dtype == torch.float32
+
+
+@pytest.mark.parametrize("offset", [1.0, 0.0, -0.7])
+def test_stability_counts_of_one_map_give_the_batched_score(offset):
+    # The generator scores one map at a time from these counts (negative offsets too).
+    maps = torch.randn(6, 13, 17, generator=torch.Generator().manual_seed(3)) * 2
+    maps[4] = -5.0  # nothing above either threshold: NaN
+    counts = [stability_counts(m, 0.2, offset) for m in maps]
+    inter = torch.stack([c[0] for c in counts])
+    union = torch.stack([c[1] for c in counts])
+    assert inter.tolist() == [int((m > 0.2 + offset).sum()) for m in maps]
+    assert union.tolist() == [int((m > 0.2 - offset).sum()) for m in maps]
+    expected = calculate_stability_score(maps, 0.2, offset)
+    torch.testing.assert_close(stability_from_counts(inter, union), expected, equal_nan=True)
+    assert torch.isnan(stability_from_counts(inter, union)[4])
 
 
 def test_stability_rejects_bad_chunk():
