@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from . import mask_ops
-from .denormals import flush_denormals
 from .predictor import ImageEmbedding, SamPredictor
 from .preprocess import RegionUpscaler
 from .sam import Sam
@@ -269,7 +268,6 @@ class AutomaticMaskGenerator:
                 raise ValueError(
                     f"expected (H, W, 3) uint8 RGB images, got {image.shape} {image.dtype}"
                 )
-        flush_denormals()  # before the first tensor op of this thread
         jobs = []  # (image index, crop box XYXY, crop layer)
         for i, image in enumerate(images):
             boxes, layers = mask_ops.generate_crop_boxes(

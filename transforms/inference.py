@@ -24,7 +24,6 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from sam_core import AutomaticMaskGenerator, build_sam
 from sam_core.allocator import keep_freed_memory
 from sam_core.build import check_local_checkpoint
-from sam_core.denormals import flush_denormals
 from sam_core.generator import check_params
 
 from .metrics import NAMESPACE, counter, distribution
@@ -148,7 +147,6 @@ class SamModelHandler(ModelHandler[DecodedImage, Any, LoadedSam]):
         # A worker process does nothing but this: let glibc keep freed blocks for reuse
         # (see sam_core.allocator); a library user decides that for their own process.
         keep_freed_memory()
-        flush_denormals()  # also set by every sam_core entry point, per calling thread
         t0 = time.perf_counter()
         model = build_sam(
             self.spec.model_type, self.spec.checkpoint, device=device, opener=FileSystems.open
