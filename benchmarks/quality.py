@@ -10,8 +10,13 @@ the best-matching object|, binned, with a reliability plot (see training/quality
 scores them).
 
   python benchmarks/quality.py [--scenes 20] [--checkpoint PATH | --random_weights]
-                               [--size 256] [--reliability_png PATH]
+                               [--size 256] [--generator scenes|shifted]
+                               [--reliability_png PATH]
                                [any maskmine flag, e.g. --pred_iou_thresh 0.2]
+
+`--generator shifted` draws the scenes with `training.shifted_scenes` instead, a generator
+the model never trained on (other shapes, fills, sizes, lighting): how far the model's
+skill carries beyond its own generator's look.
 
 Generator and filter flags are the pipeline's own, with its defaults. Prints one line per
 scene and the overall figures.
@@ -36,6 +41,7 @@ from exports.tables import read_table  # noqa: E402
 from pipeline.cli import main as maskmine  # noqa: E402
 from pipeline.config import BUNDLED_CHECKPOINT  # noqa: E402
 from training.quality import (  # noqa: E402
+    GENERATORS,
     SceneScore,
     calibration,
     format_calibration,
@@ -55,12 +61,14 @@ def run_quality(
     flags: list[str] | tuple[str, ...] = (),
     size: tuple[int, int] = (256, 256),
     workdir: Path | None = None,
+    generator: str = "scenes",
 ) -> tuple[list[SceneScore], list[SceneScore]]:
-    """Write `count` held-out scenes, mine them with `checkpoint` through the CLI, score
-    them; returns the scores and the control scores (see training.quality.score)."""
+    """Write `count` held-out scenes of `generator` (training.quality.GENERATORS), mine
+    them with `checkpoint` through the CLI, score them; returns the scores and the
+    control scores (see training.quality.score)."""
     with tempfile.TemporaryDirectory(prefix="maskmine-quality-") as tmp:
         root = Path(workdir or tmp)
-        truth = write_scenes(root / "scenes", count, size)
+        truth = write_scenes(root / "scenes", count, size, generator=generator)
         args = [f"--input={root / 'scenes'}", f"--output={root / 'out'}"]
         status = maskmine([*args, f"--checkpoint={checkpoint}", *flags])
         if status:
@@ -105,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scenes", type=int, default=20, help="held-out scenes to mine")
     parser.add_argument("--size", type=int, default=256, help="scene side in pixels")
+    parser.add_argument(
+        "--generator",
+        choices=sorted(GENERATORS),
+        default="scenes",
+        help="scenes: the trainer's generator (held-out seeds); shifted: one it never saw",
+    )
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", default=str(BUNDLED_CHECKPOINT))
     model.add_argument(
@@ -128,20 +142,21 @@ def main(argv: list[str] | None = None) -> int:
             else args.checkpoint
         )
         print(
-            f"quality: {args.scenes} held-out scenes (seeds {EVAL_SEED_START}..), "
+            f"quality: {args.scenes} held-out {args.generator} scenes "
+            f"(seeds {EVAL_SEED_START}..), "
             f"{args.size}px, checkpoint {'random weights' if args.random_weights else checkpoint}"
             f"{', flags ' + ' '.join(flags) if flags else ''}",
             flush=True,
         )
         scores, control = run_quality(
-            args.scenes, checkpoint, flags, (args.size, args.size), args.workdir
+            args.scenes, checkpoint, flags, (args.size, args.size), args.workdir, args.generator
         )
     print(format_report(scores, control))
     cal = calibration(scores)
     print(format_calibration(cal, len(scores)))
     flags_text = " ".join(flags) or "default thresholds"
     args.reliability_png.write_bytes(
-        reliability_png(cal, f"{args.scenes} held-out scenes, {flags_text}")
+        reliability_png(cal, f"{args.scenes} held-out {args.generator} scenes, {flags_text}")
     )
     print(f"reliability plot: {args.reliability_png}")
     print(f"took {time.monotonic() - start:.1f} s")

@@ -38,6 +38,7 @@ from training.quality import (
     write_scenes,
 )
 from training.scenes import EVAL_SEED_START
+from training.shifted_scenes import generate_shifted_scene
 
 SCENES = 3
 # The committed model's predicted IoUs stay below the reference threshold 0.88 and its
@@ -193,3 +194,12 @@ def test_the_committed_models_calibration_is_reported(committed):
     cal = calibration(committed[0])
     assert cal["masks"] == sum(s.masks for s in committed[0]) > 0
     assert 0.0 <= cal["mean_abs_error"] <= 1.0 and 0.0 <= cal["matched@0.75"] <= 1.0
+
+
+def test_the_benchmark_mines_the_shifted_generators_scenes(tmp_path, capsys):
+    workdir = tmp_path / "work"
+    args = ["--scenes=2", "--size=64", "--generator=shifted", f"--workdir={workdir}", *FLAGS]
+    assert quality_main([*args, f"--reliability_png={tmp_path / 'rel.png'}"]) == 0
+    assert "held-out shifted scenes" in capsys.readouterr().out
+    written = np.asarray(Image.open(workdir / "scenes" / f"scene_{EVAL_SEED_START}.png"))
+    np.testing.assert_array_equal(written, generate_shifted_scene(EVAL_SEED_START, (64, 64)).image)

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from training.scenes import EVAL_SEED_START, generate_scene, make_scene
+from training.quality import write_scenes
+from training.scenes import EVAL_SEED_START, FILLS, SHAPES, generate_scene, make_scene
+from training.shifted_scenes import SHIFTED_FILLS, SHIFTED_SHAPES, generate_shifted_scene
 
 SEEDS = range(12)
 
@@ -78,3 +80,44 @@ def test_mask_boundaries_follow_colour_edges(scenes):
             if ring.any():
                 differs = (scene.image[ring] != scene.colours[k]).any(axis=1)
                 assert differs.mean() > 0.95
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    return [generate_shifted_scene(EVAL_SEED_START + i) for i in range(12)]
+
+
+def test_shifted_scenes_are_deterministic_and_unlike_the_trainers(shifted):
+    again = generate_shifted_scene(EVAL_SEED_START)
+    np.testing.assert_array_equal(again.image, shifted[0].image)
+    np.testing.assert_array_equal(again.masks, shifted[0].masks)
+    assert not np.array_equal(shifted[0].image, generate_shifted_scene(EVAL_SEED_START + 1).image)
+    # Same seed, other generator: another scene, made of shapes and fills the trainer never draws.
+    assert not np.array_equal(shifted[0].image, generate_scene(EVAL_SEED_START).image)
+    kinds = {k for s in shifted for k in s.kinds}
+    fills = {f for s in shifted for f in s.fills}
+    assert kinds == set(SHIFTED_SHAPES) and not kinds & set(SHAPES)
+    assert fills == set(SHIFTED_FILLS) and fills - {"flat"} and not (fills - {"flat"}) & set(FILLS)
+
+
+def test_shifted_scene_masks_are_visible_disjoint_and_cover_small_and_large_objects(shifted):
+    areas = []
+    for scene in shifted:
+        assert scene.image.shape == (256, 256, 3) and scene.image.dtype == np.uint8
+        assert (scene.parents == -1).all()
+        masks = scene.masks
+        assert masks.sum(axis=0).max() <= 1, "visible parts overlap"
+        areas += [int(m.sum()) for m in masks]
+    assert min(areas) >= 16
+    assert np.mean(np.array(areas) < 300) > 0.2 and max(areas) > 5000
+
+
+def test_shifted_scenes_have_their_size_and_reject_unknown_generators(tmp_path):
+    scene = generate_shifted_scene(EVAL_SEED_START, size=(96, 160))
+    assert scene.image.shape == (96, 160, 3) and scene.masks.shape[1:] == (96, 160)
+    with pytest.raises(ValueError, match="unknown scene generator 'nope'"):
+        write_scenes(tmp_path, 1, generator="nope")
+    truth = write_scenes(tmp_path, 2, (64, 64), generator="shifted")
+    (name, (seed, masks)), *_ = truth.items()
+    assert (tmp_path / name).exists() and seed == EVAL_SEED_START
+    np.testing.assert_array_equal(masks, generate_shifted_scene(seed, (64, 64)).masks)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from .evaluate import iou_matrix, match_summary
-from .scenes import EVAL_SEED_START, generate_scene
+from .scenes import EVAL_SEED_START, Scene, generate_scene
+from .shifted_scenes import generate_shifted_scene
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,21 +44,36 @@ class SceneScore:
     actual: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
+# Scene generators by name: the trainer's own ("scenes", held-out seeds) and one it never
+# saw ("shifted": other shapes, fills, sizes and lighting).
+GENERATORS: dict[str, Callable[[int, tuple[int, int]], Scene]] = {
+    "scenes": generate_scene,
+    "shifted": generate_shifted_scene,
+}
+
 # Upper edges (px) of the object-area buckets of the report; the last bucket is open.
 AREA_EDGES = (300, 1000, 3000)
 
 
 def write_scenes(
-    folder: Path, count: int, size: tuple[int, int] = (256, 256), seed_start: int = EVAL_SEED_START
+    folder: Path,
+    count: int,
+    size: tuple[int, int] = (256, 256),
+    seed_start: int = EVAL_SEED_START,
+    generator: str = "scenes",
 ) -> dict[str, tuple[int, np.ndarray]]:
-    """PNG scenes under `folder`; file name -> (seed, (K, H, W) bool ground-truth masks)."""
+    """PNG scenes of `generator` (a GENERATORS name) under `folder`; file name -> (seed,
+    (K, H, W) bool ground-truth masks)."""
     if seed_start < EVAL_SEED_START:
         raise ValueError(f"seed_start {seed_start} is a training seed (< {EVAL_SEED_START})")
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown scene generator {generator!r}; known: {sorted(GENERATORS)}")
+    generate = GENERATORS[generator]
     folder.mkdir(parents=True, exist_ok=True)
     truth = {}
     for i in range(count):
         seed = seed_start + i
-        scene = generate_scene(seed, size)
+        scene = generate(seed, size)
         name = f"scene_{seed}.png"
         Image.fromarray(scene.image).save(folder / name)
         truth[name] = (seed, scene.masks)

@@ -52,7 +52,7 @@ class Scene:
 
 
 @dataclasses.dataclass
-class _Object:
+class PaintedObject:
     shape: np.ndarray  # (H, W) bool, the full (unoccluded) shape
     kind: str
     colour: np.ndarray  # (3,) float
@@ -61,21 +61,21 @@ class _Object:
     parent: int = -1  # index in the object list of the container, or -1
 
 
-def _rotated(ys, xs, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+def rotated(ys, xs, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates in a frame centred at (cx, cy) and rotated by `angle` (rad)."""
     dx, dy = xs - cx, ys - cy
     c, s = np.cos(angle), np.sin(angle)
     return dx * c + dy * s, -dx * s + dy * c
 
 
-def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
     """(H, W) float32 noise in about [-1, 1], smooth over ~size/cells pixels."""
     h, w = size
     coarse = rng.uniform(-1, 1, (cells + 1, cells + 1)).astype(np.float32)
     return np.asarray(Image.fromarray(coarse, mode="F").resize((w, h), Image.BILINEAR))
 
 
-def _window(
+def canvas_window(
     size: tuple[int, int], cx: float, cy: float, reach: float
 ) -> tuple[slice, slice, np.ndarray, np.ndarray]:
     """Slices of the canvas within `reach` px of (cx, cy) and the pixel ys, xs there."""
@@ -100,9 +100,9 @@ def _shape_mask(
         ImageDraw.Draw(canvas).polygon(points, fill=1)
         return np.asarray(canvas, dtype=bool)
     # Computed only in a window around the centre: most of the canvas is far away.
-    rows, cols, ys, xs = _window(size, cx, cy, 1.7 * r)
+    rows, cols, ys, xs = canvas_window(size, cx, cy, 1.7 * r)
     angle = rng.uniform(0, np.pi)
-    u, v = _rotated(ys, xs, cx, cy, angle)
+    u, v = rotated(ys, xs, cx, cy, angle)
     if kind == "disc":
         inside = u * u + v * v <= r * r
     elif kind in ("ellipse", "ring"):
@@ -139,7 +139,7 @@ def _paint(
     if fill == "flat":
         return np.broadcast_to(colour, (len(pixels[0]), 3))
     ys, xs = (p.astype(np.float32) for p in pixels)
-    u, _ = _rotated(ys, xs, centre[0], centre[1], rng.uniform(0, 2 * np.pi))
+    u, _ = rotated(ys, xs, centre[0], centre[1], rng.uniform(0, 2 * np.pi))
     if fill == "gradient":
         # Colour shifts by up to +-delta over +-64 px from the centre.
         delta = rng.uniform(-45, 45, 3).astype(np.float32)
@@ -147,7 +147,7 @@ def _paint(
     if rng.random() < 0.5:
         pattern = np.sin(2 * np.pi * u / rng.uniform(4, 14))  # stripes
     else:
-        pattern = _smooth_noise(rng, size, int(rng.integers(16, 48)))[pixels]
+        pattern = smooth_noise(rng, size, int(rng.integers(16, 48)))[pixels]
     return colour + rng.uniform(10, 22) * pattern[:, None]
 
 
@@ -157,12 +157,12 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.nda
     base = rng.uniform(30, 225, 3).astype(np.float32)
     image = np.broadcast_to(base, (h, w, 3)).copy()
     for cells, amp in ((3, 30.0), (int(rng.integers(8, 24)), 15.0)):
-        image += amp * rng.uniform(0.3, 1.0) * _smooth_noise(rng, size, cells)[..., None]
+        image += amp * rng.uniform(0.3, 1.0) * smooth_noise(rng, size, cells)[..., None]
     image += rng.uniform(2, 10) * rng.standard_normal((h, w, 3), dtype=np.float32)
     return image, base
 
 
-def _pick_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
+def pick_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
     """A (3,) colour far (RGB L2) from every colour in `avoid`, best of a few tries."""
     best, best_distance = None, -1.0
     for _ in range(24):
@@ -182,18 +182,22 @@ def _new_object(
     centre: tuple[float, float],
     radius: float,
     kinds: tuple[str, ...] = SHAPES,
-) -> _Object:
+) -> PaintedObject:
     kind = str(rng.choice(kinds))
-    colour = np.round(_pick_colour(rng, avoid))
+    colour = np.round(pick_colour(rng, avoid))
     fill = str(rng.choice(FILLS, p=[0.5, 0.25, 0.25]))
     shape = _shape_mask(rng, kind, size, centre[0], centre[1], radius)
     paint = _paint(rng, fill, colour, np.nonzero(shape), size, centre)
-    return _Object(shape, kind, colour, fill, paint)
+    return PaintedObject(shape, kind, colour, fill, paint)
 
 
 def _add_part(
-    rng: np.random.Generator, size: tuple[int, int], parent: _Object, index: int, bg: np.ndarray
-) -> _Object | None:
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    parent: PaintedObject,
+    index: int,
+    bg: np.ndarray,
+) -> PaintedObject | None:
     """A smaller object fully inside `parent`'s shape, or None if none fits."""
     ys, xs = np.nonzero(parent.shape)
     if len(ys) < 200:
@@ -216,7 +220,7 @@ def _add_part(
     return None
 
 
-def _visible(objects: list[_Object]) -> list[np.ndarray]:
+def visible_masks(objects: list[PaintedObject]) -> list[np.ndarray]:
     """Visible pixels of each object: its shape minus every later shape."""
     covered = np.zeros_like(objects[0].shape)
     out = []
@@ -226,11 +230,11 @@ def _visible(objects: list[_Object]) -> list[np.ndarray]:
     return out[::-1]
 
 
-def _drop_tiny(objects: list[_Object], min_area: int) -> list[_Object]:
+def drop_tiny(objects: list[PaintedObject], min_area: int) -> list[PaintedObject]:
     """Remove objects whose visible area is below min_area, one at a time (removing
     one only uncovers others). An orphaned part becomes a top-level object."""
     while objects:
-        areas = [int(v.sum()) for v in _visible(objects)]
+        areas = [int(v.sum()) for v in visible_masks(objects)]
         small = [i for i, a in enumerate(areas) if a < min_area]
         if not small:
             return objects
@@ -253,7 +257,7 @@ def generate_scene(
     h, w = size
     scale = min(h, w) / 256.0
     canvas, bg = _background(rng, size)
-    objects: list[_Object] = []
+    objects: list[PaintedObject] = []
     for _ in range(int(rng.integers(3, max_objects + 1))):
         centre = (rng.uniform(0, w - 1), rng.uniform(0, h - 1))
         radius = scale * float(np.exp(rng.uniform(np.log(9), np.log(60))))
@@ -264,17 +268,17 @@ def generate_scene(
             part = _add_part(rng, size, obj, len(objects) - 1, bg)
             if part is not None:
                 objects.append(part)
-    objects = _drop_tiny(objects, max(16, round(40 * scale * scale)))
+    objects = drop_tiny(objects, max(16, round(40 * scale * scale)))
 
     for obj in objects:
         canvas[obj.shape] = obj.paint
     image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
-    return _ground_truth(image, objects, size)
+    return ground_truth(image, objects, size)
 
 
-def _ground_truth(image: np.ndarray, objects: list[_Object], size: tuple[int, int]) -> Scene:
+def ground_truth(image: np.ndarray, objects: list[PaintedObject], size: tuple[int, int]) -> Scene:
     """Scene from painted objects: a parent's mask is the whole (parent + parts)."""
-    visible = _visible(objects) if objects else []
+    visible = visible_masks(objects) if objects else []
     masks = [v.copy() for v in visible]
     for i, obj in enumerate(objects):
         if obj.parent >= 0:
