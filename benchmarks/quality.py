@@ -19,7 +19,10 @@ the model never trained on (other shapes, fills, sizes, lighting): how far the m
 skill carries beyond its own generator's look.
 
 Generator and filter flags are the pipeline's own, with its defaults. Prints one line per
-scene and the overall figures.
+scene, the overall figures, the calibration and a threshold sweep: what each pair of
+(pred_iou_thresh, stability_score_thresh) would keep of this run's masks, and how many of
+those match an object (run at thresholds 0 to sweep them all; the demo's thresholds come
+from it).
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ from training.quality import (  # noqa: E402
     calibration,
     format_calibration,
     format_report,
-    predicted_by_image,
+    format_sweep,
     random_checkpoint,
     rles_by_image,
     score,
+    threshold_sweep,
+    values_by_image,
     write_scenes,
 )
 from training.scenes import EVAL_SEED_START  # noqa: E402
@@ -73,11 +78,16 @@ def run_quality(
         status = maskmine([*args, f"--checkpoint={checkpoint}", *flags])
         if status:
             raise SystemExit(f"maskmine exited with status {status}")
-        columns = ["image_uri", "segmentation", "predicted_iou"]
+        columns = ["image_uri", "segmentation", "predicted_iou", "stability_score"]
         rows = read_table(str(root / "out"), "masks", columns).to_pylist()
-    pred = rles_by_image(rows, list(truth))
-    predicted = predicted_by_image(rows, list(truth))
-    return score(pred, truth, predicted=predicted), score(pred, truth, control=True)
+    names = list(truth)
+    pred = rles_by_image(rows, names)
+    predicted = values_by_image(rows, names, "predicted_iou")
+    stability = values_by_image(rows, names, "stability_score")
+    return (
+        score(pred, truth, predicted=predicted, stability=stability),
+        score(pred, truth, control=True),
+    )
 
 
 def reliability_png(cal: dict, title: str) -> bytes:
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(scores, control))
     cal = calibration(scores)
     print(format_calibration(cal, len(scores)))
+    print(format_sweep(threshold_sweep(scores), len(scores)))
     flags_text = " ".join(flags) or "default thresholds"
     args.reliability_png.write_bytes(
         reliability_png(cal, f"{args.scenes} held-out {args.generator} scenes, {flags_text}")

@@ -35,6 +35,7 @@ from training.quality import (
     random_checkpoint,
     score,
     summary,
+    threshold_sweep,
     write_scenes,
 )
 from training.scenes import EVAL_SEED_START
@@ -187,6 +188,7 @@ def test_the_benchmark_prints_calibration_and_writes_the_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "calibration over " in out and "mean |predicted IoU - actual IoU" in out
     assert "objects of 0-300 px" in out  # figures by size, as before
+    assert "threshold sweep over the kept masks" in out and "0.88      0.95" in out
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -203,3 +205,32 @@ def test_the_benchmark_mines_the_shifted_generators_scenes(tmp_path, capsys):
     assert "held-out shifted scenes" in capsys.readouterr().out
     written = np.asarray(Image.open(workdir / "scenes" / f"scene_{EVAL_SEED_START}.png"))
     np.testing.assert_array_equal(written, generate_shifted_scene(EVAL_SEED_START, (64, 64)).image)
+
+
+def test_the_threshold_sweep_keeps_by_the_generators_rules(tmp_path: Path):
+    truth = write_scenes(tmp_path, 1, (32, 32))
+    (name, (_, gt)), *_ = truth.items()
+    exact = mask_utils.encode(np.asfortranarray(gt[0].astype(np.uint8)))
+    corner = np.zeros((32, 32), np.uint8)
+    corner[:2, :2] = 1
+    wrong = mask_utils.encode(np.asfortranarray(corner))
+    pred = {name: [exact, wrong]}
+    # exact mask: predicted 0.9, stability 0.95; wrong one: predicted 0.88, stability 0.99.
+    scores = score(pred, truth, predicted={name: [0.9, 0.88]}, stability={name: [0.95, 0.99]})
+    rows = {
+        (r["pred_iou_thresh"], r["stability_score_thresh"]): r
+        for r in threshold_sweep(scores, (0.0, 0.88), (0.0, 0.95, 0.96))
+    }
+    assert rows[0.0, 0.0]["masks_per_image"] == 2 and rows[0.0, 0.0]["matched@0.75"] == 0.5
+    # predicted IoU is kept strictly above its threshold, stability at or above its own
+    assert rows[0.88, 0.95]["masks_per_image"] == 1 and rows[0.88, 0.95]["matched@0.75"] == 1.0
+    assert rows[0.88, 0.95]["recall@0.75"] == 1 / len(gt)
+    assert rows[0.88, 0.95]["mean_abs_error"] == pytest.approx(0.1)
+    only_wrong = rows[0.0, 0.96]
+    assert only_wrong["masks_per_image"] == 1 and only_wrong["matched@0.75"] == 0.0
+    assert only_wrong["recall@0.75"] == 0.0
+    none = rows[0.88, 0.96]
+    assert none["masks_per_image"] == 0 and none["scenes_with_masks"] == 0
+    assert np.isnan(none["matched@0.75"]) and none["recall@0.75"] == 0.0
+    with pytest.raises(ValueError, match="sweep needs predicted IoUs and stability"):
+        threshold_sweep(score(pred, truth, predicted={name: [0.9, 0.88]}))

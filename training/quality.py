@@ -42,6 +42,10 @@ class SceneScore:
     # (N,) per mined mask: its predicted IoU, and its IoU with the best-matching object
     predicted: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     actual: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    # (N,) per mined mask: its stability score (empty unless given to `score`)
+    stability: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    # (K, N) IoU of each ground-truth object with each mined mask
+    ious: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
 
 
 # Scene generators by name: the trainer's own ("scenes", held-out seeds) and one it never
@@ -100,11 +104,14 @@ def rles_by_image(rows: Iterable[dict], names: Sequence[str]) -> dict[str, list[
     return found
 
 
-def predicted_by_image(rows: Iterable[dict], names: Sequence[str]) -> dict[str, list[float]]:
-    """File name -> predicted IoUs of its masks, in the order of rles_by_image."""
+def values_by_image(
+    rows: Iterable[dict], names: Sequence[str], column: str = "predicted_iou"
+) -> dict[str, list[float]]:
+    """File name -> `column` (predicted_iou, stability_score) of its masks, in the order
+    of rles_by_image."""
     found: dict[str, list[float]] = {name: [] for name in names}
     for row in rows:
-        found[Path(row["image_uri"]).name].append(float(row["predicted_iou"]))
+        found[Path(row["image_uri"]).name].append(float(row[column]))
     return found
 
 
@@ -120,12 +127,14 @@ def score(
     truth: dict[str, tuple[int, np.ndarray]],
     control: bool = False,
     predicted: dict[str, list[float]] | None = None,
+    stability: dict[str, list[float]] | None = None,
 ) -> list[SceneScore]:
     """Match each scene's mined masks (`pred`, file name -> RLEs) with its ground truth.
 
     control=True matches them with the *next* scene's ground truth instead: masks that
     follow the image score clearly lower there; masks that ignore it score the same.
-    `predicted` (file name -> the masks' predicted IoUs) fills SceneScore.predicted.
+    `predicted` / `stability` (file name -> the masks' predicted IoUs / stability
+    scores) fill SceneScore.predicted / .stability.
     Masks are decoded one scene at a time (thousands of masks per scene at low thresholds).
     """
     names = list(truth)
@@ -137,10 +146,17 @@ def score(
         ious = iou_matrix(gt, masks)  # (K, N)
         best = ious.max(axis=1) if len(masks) else np.zeros(len(gt))
         actual = ious.max(axis=0) if len(gt) else np.zeros(len(masks))
-        given = np.asarray(predicted[name], dtype=np.float64) if predicted else np.zeros(0)
-        if predicted and len(given) != len(masks):
-            raise ValueError(f"{name}: {len(given)} predicted IoUs for {len(masks)} masks")
-        scores.append(SceneScore(name, seed, best, len(masks), areas, given, actual))
+        given, stable = (
+            np.asarray(values[name], dtype=np.float64) if values else np.zeros(0)
+            for values in (predicted, stability)
+        )
+        for what, values, got in (
+            ("predicted IoUs", predicted, given),
+            ("stability scores", stability, stable),
+        ):
+            if values and len(got) != len(masks):
+                raise ValueError(f"{name}: {len(got)} {what} for {len(masks)} masks")
+        scores.append(SceneScore(name, seed, best, len(masks), areas, given, actual, stable, ious))
     return scores
 
 
@@ -176,6 +192,73 @@ def calibration(scores: Sequence[SceneScore], bins: np.ndarray = CALIBRATION_BIN
         "bin_predicted": mean_pred,
         "bin_actual": mean_act,
     }
+
+
+# Threshold pairs of the sweep: the generator's (pred_iou_thresh, stability_score_thresh).
+SWEEP_IOU = (0.0, 0.5, 0.6, 0.7, 0.8, 0.88)
+SWEEP_STABILITY = (0.0, 0.8, 0.9, 0.95)
+
+
+def threshold_sweep(
+    scores: Sequence[SceneScore],
+    iou_thresholds: Sequence[float] = SWEEP_IOU,
+    stability_thresholds: Sequence[float] = SWEEP_STABILITY,
+) -> list[dict]:
+    """What each (pred_iou_thresh, stability_score_thresh) pair would keep of these mined
+    masks, by the generator's rules (predicted IoU > t, stability >= t); needs
+    `predicted` and `stability` in `scores`.
+
+    Exact for the predicted-IoU threshold, since box NMS keeps higher-scored masks first
+    (filtering before or after it keeps the same set); for the stability threshold a
+    real run at that pair can keep a few more (a mask dropped by NMS here may have lost
+    to one that fails stability). Per pair: masks_per_image, scenes_with_masks,
+    matched@0.75 (share of the kept masks matching an object at IoU >= 0.75),
+    mean_abs_error (calibration over the kept masks), recall@0.75 over the objects.
+    """
+    rows = []
+    for t_iou in iou_thresholds:
+        for t_stab in stability_thresholds:
+            kept, matched, errors, recalled, objects, scenes = 0, 0, [], 0, 0, 0
+            for s in scores:
+                if len(s.predicted) != s.masks or len(s.stability) != s.masks:
+                    raise ValueError(f"{s.name}: sweep needs predicted IoUs and stability")
+                keep = (s.predicted > t_iou) & (s.stability >= t_stab)
+                kept += int(keep.sum())
+                scenes += bool(keep.any())
+                matched += int((s.actual[keep] >= 0.75).sum())
+                errors.append(np.abs(s.predicted[keep] - s.actual[keep]))
+                objects += len(s.best_ious)
+                if keep.any() and len(s.best_ious):
+                    recalled += int((s.ious[:, keep].max(axis=1) >= 0.75).sum())
+            error = np.concatenate(errors) if errors else np.zeros(0)
+            rows.append(
+                {
+                    "pred_iou_thresh": t_iou,
+                    "stability_score_thresh": t_stab,
+                    "masks_per_image": kept / max(len(scores), 1),
+                    "scenes_with_masks": scenes,
+                    "matched@0.75": matched / kept if kept else np.nan,
+                    "mean_abs_error": float(error.mean()) if len(error) else np.nan,
+                    "recall@0.75": recalled / objects if objects else np.nan,
+                }
+            )
+    return rows
+
+
+def format_sweep(rows: Sequence[dict], scenes: int) -> str:
+    lines = [
+        "threshold sweep over the kept masks (exact for pred_iou_thresh; at a stability "
+        "threshold a real run keeps a few more):",
+        f"  {'pred_iou':>8} {'stability':>9} {'masks/img':>9} {'scenes':>7} "
+        f"{'matched@0.75':>12} {'|error|':>7} {'R@0.75':>6}",
+    ]
+    for r in rows:
+        lines.append(
+            f"  {r['pred_iou_thresh']:>8.2f} {r['stability_score_thresh']:>9.2f} "
+            f"{r['masks_per_image']:>9.1f} {r['scenes_with_masks']:>3} of {scenes:<3} "
+            f"{r['matched@0.75']:>12.3f} {r['mean_abs_error']:>7.3f} {r['recall@0.75']:>6.3f}"
+        )
+    return "\n".join(lines)
 
 
 def format_calibration(cal: dict, scenes: int) -> str:
