@@ -177,6 +177,10 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return rgb
 
 
+# The main output's type is declared here, not read off process's annotation: Beam 2.78
+# reads a bare TaggedOutput in `Iterator[T | TaggedOutput]` into the main output's type,
+# and its parametrised TaggedOutput[...] does not exist in 2.77.
+@beam.typehints.with_output_types(DecodedImage)
 class _DecodeFn(beam.DoFn):
     def __init__(self, max_pixels: int, max_bytes: int):
         self._max_pixels = max_pixels
@@ -192,7 +196,7 @@ class _DecodeFn(beam.DoFn):
         if limit is not None and limit < self._max_pixels:
             Image.MAX_IMAGE_PIXELS = self._max_pixels
 
-    def process(self, uri: str) -> Iterator[DecodedImage | TaggedOutput]:
+    def process(self, uri: str) -> Iterator:
         try:
             data = read_image_bytes(uri, self._max_bytes)
         except Exception as e:  # one unreadable file must not stop the pipeline

@@ -84,13 +84,17 @@ def parse_message(
     return normalize_uri(text)
 
 
+# The main output's type is declared here, not read off process's annotation: Beam 2.78
+# reads a bare TaggedOutput in `Iterator[T | TaggedOutput]` into the main output's type,
+# and its parametrised TaggedOutput[...] does not exist in 2.77.
+@beam.typehints.with_output_types(str)
 class _ParseMessageFn(beam.DoFn):
     def __init__(self, extensions: Sequence[str]) -> None:
         self._extensions = tuple(extensions)
         self._skipped = counter("messages_skipped")
         self._bad = counter("messages_bad")
 
-    def process(self, message: Any) -> Iterator[str | TaggedOutput]:
+    def process(self, message: Any) -> Iterator:
         # PubsubMessage (with_attributes=True) or the bare payload bytes.
         data = getattr(message, "data", message)
         attributes = getattr(message, "attributes", None)

@@ -42,12 +42,16 @@ class ReadOutputs(NamedTuple):
     __getitem__ = outputs_getitem
 
 
+# The main output's type is declared here, not read off process's annotation: Beam 2.78
+# reads a bare TaggedOutput in `Iterator[T | TaggedOutput]` into the main output's type,
+# and its parametrised TaggedOutput[...] does not exist in 2.77.
+@beam.typehints.with_output_types(str)
 class _MatchFn(beam.DoFn):
     def __init__(self, extensions: Sequence[str]):
         self._extensions = tuple(e.lower() for e in extensions)
         self._skipped = counter("files_skipped_by_extension")
 
-    def process(self, pattern: str) -> Iterator[str | TaggedOutput]:
+    def process(self, pattern: str) -> Iterator:
         skipped: list[str] = []
         problems: list[tuple[str, str]] = []
         try:
@@ -70,11 +74,13 @@ class _MatchFn(beam.DoFn):
         yield from (normalize_uri(p) for p in paths)
 
 
+# Main output type declared, as for _MatchFn.
+@beam.typehints.with_output_types(str)
 class _ManifestFn(beam.DoFn):
     def __init__(self, column: str | None):
         self._column = column
 
-    def process(self, path: str) -> Iterator[str | TaggedOutput]:
+    def process(self, path: str) -> Iterator:
         try:
             yield from read_manifest(path, self._column)
         except ManifestError as e:
