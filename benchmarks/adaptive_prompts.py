@@ -35,7 +35,7 @@ from training.scenes import EVAL_SEED_START, generate_scene  # noqa: E402
 
 # The thresholds `make demo` uses with the bundled model, and everything kept.
 THRESHOLDS = {
-    "demo (0.2 / 0.3)": dict(pred_iou_thresh=0.2, stability_score_thresh=0.3),
+    "demo (0.5 / 0.7)": dict(pred_iou_thresh=0.5, stability_score_thresh=0.7),
     "thresholds 0": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0),
 }
 
