@@ -164,6 +164,8 @@ class RegionUpscaler:
     # rounding of the weights (summing to 1 +- 1e-7) can never put a full-resolution
     # value above the threshold outside the box.
     MARGIN = 1e-3
+    # Output rows (columns) per tile of `block_t`.
+    TILE = 32
 
     def __init__(
         self,
@@ -179,11 +181,14 @@ class RegionUpscaler:
         # First and last low-res index each output row / column draws on (non-decreasing).
         self.row_lo, self.row_hi = _support(self.rows)
         self.col_lo, self.col_hi = _support(self.cols)
-        # As Python ints too: block_t reads four per mask, and indexing a tensor per
+        # Tiles of TILE output rows (columns) with the few low-res rows (columns) they
+        # draw on: a block is then two batched products over those few inputs, not
+        # dense products over every input its region spans.
+        self.row_tiles, self._row_index = (t.to(device) for t in _tiles(self.rows.cpu(), self.TILE))
+        self.col_tiles, self._col_index = (t.to(device) for t in _tiles(self.cols.cpu(), self.TILE))
+        # As Python ints too: block_t reads two per mask, and indexing a tensor per
         # element costs more than the lookup.
-        self._bounds = tuple(
-            t.tolist() for t in (self.row_lo, self.row_hi, self.col_lo, self.col_hi)
-        )
+        self._col_start = self._col_index[:, 0].tolist()
 
     def regions(self, low_res: torch.Tensor, threshold: float) -> torch.Tensor:
         """(n, s, s) logits -> (n, 4) int64 full-resolution boxes y0, y1, x0, x1
@@ -206,14 +211,41 @@ class RegionUpscaler:
         """(s, s) logits of one mask -> its (x1 - x0 + 1, y1 - y0 + 1) logits inside
         `region` (from `regions`), transposed as `upscale_masks(transposed=True)`."""
         y0, y1, x0, x1 = region
-        row_lo, row_hi, col_lo, col_hi = self._bounds
-        a, b = row_lo[y0], row_hi[y1] + 1
-        c, d = col_lo[x0], col_hi[x1] + 1
-        rows = self.rows[y0 : y1 + 1, a:b]
-        cols = self.cols[x0 : x1 + 1, c:d]
-        if low_res.dtype != rows.dtype:
-            rows, cols = rows.to(low_res.dtype), cols.to(low_res.dtype)
-        return cols @ (low_res[a:b, c:d].transpose(0, 1) @ rows.T)
+        t = self.TILE
+        ty0, ty1, tx0, tx1 = y0 // t, y1 // t, x0 // t, x1 // t
+        col_start = self._col_start
+        ca, cb = col_start[tx0], col_start[tx1] + self.col_tiles.shape[2]
+        if low_res.dtype != self.row_tiles.dtype:
+            low_res = low_res.float()
+        # Rows: each tile of output rows reads its own few low-res rows.
+        gathered = low_res[:, ca:cb].index_select(0, self._row_index[ty0 : ty1 + 1].flatten())
+        gathered = gathered.view(ty1 - ty0 + 1, -1, cb - ca)
+        by_rows = torch.bmm(self.row_tiles[ty0 : ty1 + 1], gathered)  # (ny_t, T, cb - ca)
+        by_rows = by_rows.view(-1, cb - ca).T  # (cb - ca, ny_t * T)
+        # Columns likewise, giving the transposed block (nx_t * T, ny_t * T).
+        index = self._col_index[tx0 : tx1 + 1] - ca
+        height = by_rows.shape[1]
+        gathered = by_rows.index_select(0, index.flatten()).view(tx1 - tx0 + 1, -1, height)
+        block = torch.bmm(self.col_tiles[tx0 : tx1 + 1], gathered).view(-1, height)
+        return block[x0 - tx0 * t : x1 - tx0 * t + 1, y0 - ty0 * t : y1 - ty0 * t + 1]
+
+
+def _tiles(matrix: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) banded matrix -> (n, tile, K) blocks of `tile` consecutive output rows
+    over the K consecutive inputs they draw on, and (n, K) int64 indices of those
+    inputs; rows past `out` are zero."""
+    out, n_in = matrix.shape
+    first, last = _support(matrix)
+    n = -(-out // tile)
+    lo = first[::tile]
+    hi = last[torch.clamp(torch.arange(n) * tile + tile - 1, max=out - 1)]
+    k = int((hi - lo).max()) + 1
+    start = torch.clamp(lo, max=n_in - k)
+    index = start[:, None] + torch.arange(k)
+    padded = torch.zeros(n * tile, n_in, dtype=matrix.dtype, device=matrix.device)
+    padded[:out] = matrix
+    blocks = padded.view(n, tile, n_in).gather(2, index[:, None, :].expand(n, tile, k))
+    return blocks.contiguous(), index
 
 
 def _support(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
