@@ -434,7 +434,8 @@ class AutomaticMaskGenerator:
         offset = self.stability_score_offset
         # float32 in both precisions: restricted to each mask's region the products are
         # small, where bf16 saves nothing and its conversions cost time.
-        candidates = low_res[keep].float()
+        # Without an IoU filter every mask is a candidate: no copy of the batch's logits.
+        candidates = (low_res[keep] if self.pred_iou_thresh > 0.0 else low_res).float()
         # Outside its region a mask's logits are <= every threshold used below (the mask
         # at 0, the stability score's 0 +- offset), so they count nowhere.
         regions = upscaler.regions(candidates, min(0.0, -offset, offset)).tolist()

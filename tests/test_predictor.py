@@ -166,7 +166,8 @@ def test_bf16_agrees_with_fp32_on_the_trained_model():
     assert not torch.equal(a, b)  # bf16 really ran
     # Masks that differ are the unstable ones, whose logits sit near 0 where bf16's
     # rounding flips pixels; the demo's filter (stability 0.7) drops them. Measured with
-    # the committed model: all 111 masks of stability >= 0.5 agree (lowest IoU 0.970);
+    # the stage-2 model (the stage-3 one passes the same bounds): all 111 masks of
+    # stability >= 0.5 agree (lowest IoU 0.970);
     # at >= 0.2, 97.0% of 460; over all 768, 94.3% agree, and the 14 stable ones that do
     # not have stabilities of 0.20-0.45. Earlier models: 95.6%, 95.2% and 98.3% over all.
     stable = calculate_stability_score(logits[0], 0.0, 1.0) >= 0.5
