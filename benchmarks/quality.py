@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the reliability plot (default: in the temp folder)",
     )
     args, flags = parser.parse_known_args(argv)
+    kind = "scenes" if args.generator == "scenes" else f"{args.generator} scenes"
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="maskmine-random-") as tmp:
         checkpoint = (
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             else args.checkpoint
         )
         print(
-            f"quality: {args.scenes} held-out {args.generator} scenes "
+            f"quality: {args.scenes} held-out {kind} "
             f"(seeds {EVAL_SEED_START}..), "
             f"{args.size}px, checkpoint {'random weights' if args.random_weights else checkpoint}"
             f"{', flags ' + ' '.join(flags) if flags else ''}",
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_sweep(threshold_sweep(scores), len(scores)))
     flags_text = " ".join(flags) or "default thresholds"
     args.reliability_png.write_bytes(
-        reliability_png(cal, f"{args.scenes} held-out {args.generator} scenes, {flags_text}")
+        reliability_png(cal, f"{args.scenes} held-out {kind}, {flags_text}")
     )
     print(f"reliability plot: {args.reliability_png}")
     print(f"took {time.monotonic() - start:.1f} s")
