@@ -11,7 +11,7 @@ hidden features of its prompt) against the mask's actual IoU with its best-match
 Each multimask output gets its own row; the single-mask output (row 0) is left as it is.
 The refit changes scores, hence which masks box NMS keeps, so it repeats for `--rounds`.
 
-  python -m training.calibrate --checkpoint IN.pth --out OUT.pth [--scenes 40] [--rounds 2]
+  python -m training.calibrate --checkpoint IN.pth --out OUT.pth [--scenes 30] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--scenes", type=int, default=40, help="training scenes per round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--scenes", type=int, default=30, help="training scenes per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ridge", type=float, default=1e-3, help="per-sample L2 strength")
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args(argv)
