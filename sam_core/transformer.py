@@ -191,6 +191,19 @@ def _shared_scores(queries: torch.Tensor, image_tokens: torch.Tensor) -> torch.T
     return (queries.reshape(b * q, c) @ image_tokens[0].T).view(b, q, -1)
 
 
+def _with_pe(keys: torch.Tensor, key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image tokens (B or 1, hw, C) and their encoding (1, hw, C) -> (keys, pe) to attend with.
+
+    Per-prompt tokens (B > 1) are summed with the encoding once, (B, hw, C): one pass
+    over them, where leaving the encoding to the scores costs a GEMM as large as the
+    scores' own in each attention that reads them. Shared tokens are left unsummed,
+    since the attention sums them once for the whole batch.
+    """
+    if keys.shape[0] > 1:
+        return keys + key_pe, None
+    return keys, key_pe
+
+
 class ImageCache(NamedTuple):
     """Prompt-independent tensors of one image for decoder layer 0.
 
@@ -264,8 +277,8 @@ class TwoWayAttentionBlock(nn.Module):
             attn = t2i.tokens_to_image_cached(queries + query_pe, cache.t2i_k, cache.t2i_v)
             image_queries, image_pe = cache.keys_pe, None
         else:
-            attn = t2i.tokens_to_image(queries + query_pe, keys, keys, key_pe)
-            image_queries, image_pe = keys, key_pe
+            image_queries, image_pe = _with_pe(keys, key_pe)
+            attn = t2i.tokens_to_image(queries + query_pe, image_queries, keys, image_pe)
         queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
 
@@ -322,5 +335,6 @@ class TwoWayTransformer(nn.Module):
                 queries, keys, point_embedding, key_pe, cache if i == 0 else None, i > 0
             )
         final = self.final_attn_token_to_image
-        attn = final.tokens_to_image(queries + point_embedding, keys, keys, key_pe)
+        keys_pe, pe = _with_pe(keys, key_pe)
+        attn = final.tokens_to_image(queries + point_embedding, keys_pe, keys, pe)
         return self.norm_final_attn(queries + attn), keys
