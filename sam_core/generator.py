@@ -8,6 +8,8 @@ Same parameters, defaults, order of operations and records as the reference
 - full-resolution logits exist only for a bounded chunk of masks at a time, just
   long enough for the stability score, binarisation, box and RLE;
 - the decoder's prompt-independent work is done once per crop (SamPredictor);
+- without a stability filter, masks cost only their box until the per-crop NMS;
+  the ones it keeps are then scored and RLE-encoded (memory bounded per crop);
 - results are gathered in lists and concatenated once per crop.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,10 +37,43 @@ _EDGE_TOLERANCE_PX = 20.0
 # Bounds the full-resolution masks held at once while scoring them: a chunk holds as many
 # masks as this budget holds float32 maps of the crop (bytes).
 _LOGIT_BUDGET_BYTES = 64 << 20
+# Bounds the low-res logits of one crop's candidates held until its NMS (bytes): past it,
+# the candidates held so far are scored and encoded at once, as with a stability filter.
+_PENDING_BUDGET_BYTES = 256 << 20
+
+
+class _Rows:
+    """Rows of a dataclass whose fields are all (K, ...) tensors or length-K lists."""
+
+    def __len__(self) -> int:
+        return len(self.predicted_iou)
+
+    def select(self, keep: torch.Tensor):
+        """The rows `keep` ((k,) int64 indices), in that order."""
+        idx = keep.cpu().tolist()
+        fields = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                fields[f.name] = [value[i] for i in idx]
+            else:
+                fields[f.name] = value[keep.to(value.device)]
+        return type(self)(**fields)
+
+    @classmethod
+    def cat(cls, parts: Sequence):
+        fields = {}
+        for f in dataclasses.fields(cls):
+            values = [getattr(p, f.name) for p in parts]
+            if isinstance(values[0], list):
+                fields[f.name] = [v for value in values for v in value]
+            else:
+                fields[f.name] = torch.cat(values)
+        return cls(**fields)
 
 
 @dataclasses.dataclass
-class _Masks:
+class _Masks(_Rows):
     """Candidate masks (K of them) in image coordinates, RLE-encoded.
 
     rles: compressed COCO RLE dicts (str counts); areas: (K,) int64 pixels; boxes:
@@ -54,23 +89,22 @@ class _Masks:
     points: torch.Tensor
     crop_boxes: torch.Tensor
 
-    def select(self, keep: torch.Tensor) -> _Masks:
-        idx = keep.cpu().tolist()
-        tensors = {
-            f.name: getattr(self, f.name)[keep.to(getattr(self, f.name).device)]
-            for f in dataclasses.fields(self)
-            if f.name != "rles"
-        }
-        return _Masks(rles=[self.rles[i] for i in idx], **tensors)
 
-    @staticmethod
-    def cat(parts: Sequence[_Masks]) -> _Masks:
-        tensors = {
-            f.name: torch.cat([getattr(p, f.name) for p in parts])
-            for f in dataclasses.fields(_Masks)
-            if f.name != "rles"
-        }
-        return _Masks(rles=[r for p in parts for r in p.rles], **tensors)
+@dataclasses.dataclass
+class _Candidates(_Rows):
+    """Masks of one crop not yet scored for stability nor encoded (K of them).
+
+    logits: (K, s, s) float32 low-res logits; regions: per mask the full-resolution
+    box y0, y1, x0, x1 (inclusive) outside of which no logit passes a threshold (see
+    `RegionUpscaler.regions`); boxes: (K, 4) int64 XYXY of the mask (crop pixels,
+    inclusive max); predicted_iou: (K,) float32; points: (K, 2) float64 xy.
+    """
+
+    logits: torch.Tensor
+    regions: list[list[int]]
+    boxes: torch.Tensor
+    predicted_iou: torch.Tensor
+    points: torch.Tensor
 
 
 @functools.lru_cache(maxsize=32)
@@ -97,6 +131,27 @@ def _encode_column_major(masks_t: torch.Tensor, nonempty: torch.Tensor) -> list[
         (empty,) = mask_ops.coco_encode_column_major(masks_t.new_zeros((1, *masks_t.shape[1:])))
         rles = [rle if rle is not None else dict(empty) for rle in rles]
     return rles
+
+
+def _boxes_from_blocks(
+    upscaler: RegionUpscaler, logits: torch.Tensor, regions: list[list[int]]
+) -> torch.Tensor:
+    """(K, 4) int64 XYXY boxes (inclusive max; [0, 0, 0, 0] when empty) of the masks
+    logits > 0 of (K, s, s) low-res logits, each read from its region's block only."""
+    boxes = [[0, 0, 0, 0]] * len(regions)
+    for j, region in enumerate(regions):
+        y0, y1, x0, x1 = region
+        if y0 > y1 or x0 > x1:
+            continue
+        block = upscaler.block_t(logits[j], region)  # (W', H'), transposed
+        # max > 0 is any(> 0); a float max reduces several times faster than a bool any.
+        xs = (block.amax(1) > 0.0).nonzero().flatten()
+        if len(xs) == 0:
+            continue
+        ys = (block.amax(0) > 0.0).nonzero().flatten()
+        first_x, last_x, first_y, last_y = torch.stack([xs[0], xs[-1], ys[0], ys[-1]]).tolist()
+        boxes[j] = [x0 + first_x, y0 + first_y, x0 + last_x, y0 + last_y]
+    return torch.tensor(boxes, dtype=torch.int64).view(-1, 4)
 
 
 def check_params(
@@ -340,18 +395,54 @@ class AutomaticMaskGenerator:
             more, _ = self._decode_points(embedding, remaining, crop_box, image_size)
             parts += more
             decoded = len(coarse) + len(remaining)
-        data = _Masks.cat(parts)
-        if len(data.rles):
-            keep = mask_ops.batched_box_nms(
-                data.boxes.float(),
-                data.predicted_iou,
-                torch.zeros(len(data.rles), dtype=torch.int64, device=data.boxes.device),
-                self.box_nms_thresh,
-            )
-            data = data.select(keep)
+        data = self._crop_nms(parts, embedding, crop_box, image_size)
         data.boxes = mask_ops.uncrop_boxes_xyxy(data.boxes, crop_box)
         data.points = mask_ops.uncrop_points(data.points, crop_box)
         return data, decoded
+
+    def _crop_nms(
+        self,
+        parts: list[_Masks | _Candidates],
+        embedding: ImageEmbedding,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> _Masks:
+        """The per-crop NMS over the parts of one crop, in their order; only the
+        candidates it keeps are scored and encoded. Rows come out in NMS rank order."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            device = embedding.features.device
+            return _Masks(
+                rles=[],
+                areas=torch.zeros(0, dtype=torch.int64, device=device),
+                boxes=torch.zeros((0, 4), dtype=torch.int64, device=device),
+                predicted_iou=torch.zeros(0, device=device),
+                stability_score=torch.zeros(0, device=device),
+                points=torch.zeros((0, 2), dtype=torch.float64),
+                crop_boxes=torch.zeros((0, 4), dtype=torch.int64, device=device),
+            )
+        boxes = torch.cat([p.boxes for p in parts])
+        scores = torch.cat([p.predicted_iou for p in parts])
+        keep = mask_ops.batched_box_nms(
+            boxes.float(),
+            scores,
+            torch.zeros(len(scores), dtype=torch.int64, device=boxes.device),
+            self.box_nms_thresh,
+        )
+        # Global row -> (part, row in part); each part keeps its rows in rank order.
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        which_part = np.searchsorted(starts, keep.cpu().numpy(), side="right") - 1
+        kept_parts, positions, offset = [], np.empty(len(keep), dtype=np.int64), 0
+        for i, part in enumerate(parts):
+            ranks = np.flatnonzero(which_part == i)
+            local = torch.from_numpy(keep.cpu().numpy()[ranks] - starts[i])
+            selected = part.select(local)
+            if isinstance(selected, _Candidates):
+                selected = self._encode_candidates(selected, embedding, crop_box, image_size)
+            kept_parts.append(selected)
+            positions[ranks] = offset + np.arange(len(ranks))
+            offset += len(ranks)
+        return _Masks.cat(kept_parts).select(torch.from_numpy(positions))
 
     def _decode_points(
         self,
@@ -360,12 +451,19 @@ class AutomaticMaskGenerator:
         crop_box: list[int],
         image_size: tuple[int, int],
         probe: np.ndarray | None = None,
-    ) -> tuple[list[_Masks], np.ndarray | None]:
+    ) -> tuple[list[_Masks | _Candidates], np.ndarray | None]:
         """Masks of (n, 2) xy point prompts (crop pixels), filtered, before NMS; and, for
-        (p, 2) `probe` points, which of them a kept mask covers ((p,) bool)."""
+        (p, 2) `probe` points, which of them a kept mask covers ((p,) bool).
+
+        Without a stability filter (and without `probe`) masks stay `_Candidates`, up to
+        `_PENDING_BUDGET_BYTES` of them: the NMS needs only their boxes, so only the
+        ones it keeps are scored and encoded.
+        """
         labels = np.ones((len(points), 1), dtype=np.int64)
         covered = None if probe is None else torch.zeros(len(probe), dtype=torch.bool)
-        parts = []
+        defer = probe is None and self.stability_score_thresh <= 0.0
+        parts: list[_Masks | _Candidates] = []
+        pending_bytes = 0
         if len(points) == 0:
             return parts, None if covered is None else covered.numpy()
         for prompts, batch in self.predictor.iter_decode(
@@ -377,19 +475,117 @@ class AutomaticMaskGenerator:
             min_iou=self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None,
         ):
             computed = batch.computed.cpu().numpy()
-            parts.append(
-                self._filter_batch(
-                    embedding,
-                    batch.low_res_logits,
-                    batch.iou_predictions[batch.computed],
-                    points[prompts][computed],
-                    crop_box,
-                    image_size,
-                    probe=probe,
-                    covered=covered,
-                )
+            part = self._filter_batch(
+                embedding,
+                batch.low_res_logits,
+                batch.iou_predictions[batch.computed],
+                points[prompts][computed],
+                crop_box,
+                image_size,
+                probe=probe,
+                covered=covered,
+                defer=defer,
             )
+            parts.append(part)
+            if isinstance(part, _Candidates):
+                pending_bytes += part.logits.nelement() * part.logits.element_size()
+                if pending_bytes > _PENDING_BUDGET_BYTES:
+                    parts = [
+                        self._encode_candidates(p, embedding, crop_box, image_size)
+                        if isinstance(p, _Candidates)
+                        else p
+                        for p in parts
+                    ]
+                    pending_bytes = 0
         return parts, None if covered is None else covered.numpy()
+
+    def _upscaler(self, embedding: ImageEmbedding, low_res: int) -> RegionUpscaler:
+        return _region_upscaler(
+            low_res,
+            tuple(embedding.input_size),
+            tuple(embedding.original_size),
+            self.predictor.model.image_size,
+            self.predictor.device,
+        )
+
+    def _chunks(
+        self, upscaler: RegionUpscaler, logits: torch.Tensor, regions: list[list[int]]
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Full-resolution masks of (K, s, s) logits, a bounded chunk at a time.
+
+        Yields (rows, masks_t, stability, nonempty): the chunk's rows of `logits`,
+        (n, W, H) bool masks (transposed: the column-major order pycocotools
+        encodes), (n,) float32 stability scores and (n,) bool "has a pixel".
+        """
+        offset = self.stability_score_offset
+        crop_w, crop_h = upscaler.cols.shape[0], upscaler.rows.shape[0]
+        device = logits.device
+        chunk = max(1, _LOGIT_BUDGET_BYTES // (4 * crop_h * crop_w))
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        for start in range(0, len(logits), chunk):
+            n = min(chunk, len(logits) - start)
+            masks_t = torch.zeros((n, crop_w, crop_h), dtype=torch.bool, device=device)
+            inter, union = [zero] * n, [zero] * n
+            for j in range(n):
+                y0, y1, x0, x1 = region = regions[start + j]
+                if y0 > y1 or x0 > x1:
+                    continue  # nothing above -offset: stability 0 / 0, an empty mask
+                block = upscaler.block_t(logits[start + j], region)
+                inter[j], union[j] = mask_ops.stability_counts(block, 0.0, offset)
+                torch.gt(block, 0.0, out=masks_t[j, x0 : x1 + 1, y0 : y1 + 1])
+            inter_t, union_t = torch.stack(inter), torch.stack(union)
+            score = mask_ops.stability_from_counts(inter_t, union_t)
+            # count(> |offset|) <= count(> 0) <= count(> -|offset|): only masks between
+            # the two need their pixels looked at to tell whether they are empty.
+            nonempty = torch.minimum(inter_t, union_t) > 0
+            unsure = (~nonempty & (torch.maximum(inter_t, union_t) > 0)).nonzero().flatten()
+            if len(unsure):
+                nonempty[unsure] = masks_t[unsure].flatten(1).any(1)
+            yield slice(start, start + n), masks_t, score, nonempty
+
+    def _image_rles(
+        self,
+        masks_t: torch.Tensor,
+        crop_rles: list[dict] | None,
+        nonempty: torch.Tensor,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> list[dict]:
+        """RLEs in the image frame of (n, W, H) transposed crop masks; `crop_rles`
+        (those of the crop frame) are reused when the crop is the whole image."""
+        image_h, image_w = image_size
+        x0, y0, x1, y1 = crop_box
+        if [x0, y0, x1, y1] == [0, 0, image_w, image_h]:
+            return crop_rles if crop_rles is not None else _encode_column_major(masks_t, nonempty)
+        # Zero-pad the transposed masks into the image frame: W axis, then H.
+        pad = (y0, image_h - y1, x0, image_w - x1)
+        return mask_ops.coco_encode_column_major(F.pad(masks_t, pad))
+
+    def _encode_candidates(
+        self,
+        candidates: _Candidates,
+        embedding: ImageEmbedding,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> _Masks:
+        """Stability scores, RLEs (image frame) and areas of candidates, in their order."""
+        upscaler = self._upscaler(embedding, candidates.logits.shape[-1])
+        rles, stability = [], []
+        for _, masks_t, score, nonempty in self._chunks(
+            upscaler, candidates.logits, candidates.regions
+        ):
+            rles.extend(self._image_rles(masks_t, None, nonempty, crop_box, image_size))
+            stability.append(score)
+        device = candidates.boxes.device
+        return _Masks(
+            rles=rles,
+            areas=torch.from_numpy(mask_ops.rle_areas(rles)).to(device),
+            boxes=candidates.boxes,
+            predicted_iou=candidates.predicted_iou,
+            stability_score=torch.cat(stability) if stability else candidates.predicted_iou[:0],
+            points=candidates.points,
+            crop_boxes=torch.tensor([crop_box], device=device).expand(len(rles), 4),
+        )
 
     def _filter_batch(
         self,
@@ -401,12 +597,14 @@ class AutomaticMaskGenerator:
         image_size: tuple[int, int],
         probe: np.ndarray | None = None,
         covered: torch.Tensor | None = None,
-    ) -> _Masks:
+        defer: bool = False,
+    ) -> _Masks | _Candidates:
         """Filter one decoder batch: (b, 3, s, s) logits, (b, 3) IoU, (b, 2) points.
 
-        Boxes come out in crop coordinates; masks are RLE-encoded in image ones. With
-        (p, 2) xy `probe` points (crop pixels), sets `covered[i]` ((p,) bool, in place)
-        for each probe point that a kept mask contains.
+        Boxes come out in crop coordinates; masks are RLE-encoded in image ones, or,
+        with `defer` (no stability filter), left as `_Candidates`. With (p, 2) xy
+        `probe` points (crop pixels), sets `covered[i]` ((p,) bool, in place) for
+        each probe point that a kept mask contains.
         """
         device = low_res.device
         masks_per_point = low_res.shape[1]
@@ -419,18 +617,8 @@ class AutomaticMaskGenerator:
 
         crop_h, crop_w = embedding.original_size
         image_h, image_w = image_size
-        whole_image = list(crop_box) == [0, 0, image_w, image_h]
-        chunk = max(1, _LOGIT_BUDGET_BYTES // (4 * crop_h * crop_w))
-        if probe is not None:  # pixel indices of the probe points, in the transposed masks
-            probe_x = torch.from_numpy(probe[:, 0]).long().clamp(0, crop_w - 1).to(device)
-            probe_y = torch.from_numpy(probe[:, 1]).long().clamp(0, crop_h - 1).to(device)
-        upscaler = _region_upscaler(
-            low_res.shape[-1],
-            tuple(embedding.input_size),
-            tuple(embedding.original_size),
-            self.predictor.model.image_size,
-            device,
-        )
+        frame = [0, 0, image_w, image_h]
+        upscaler = self._upscaler(embedding, low_res.shape[-1])
         offset = self.stability_score_offset
         # float32 in both precisions: restricted to each mask's region the products are
         # small, where bf16 saves nothing and its conversions cost time.
@@ -439,30 +627,26 @@ class AutomaticMaskGenerator:
         # Outside its region a mask's logits are <= every threshold used below (the mask
         # at 0, the stability score's 0 +- offset), so they count nowhere.
         regions = upscaler.regions(candidates, min(0.0, -offset, offset)).tolist()
+        if defer:
+            # A box needs only the pixels > 0: a region at threshold 0, often smaller.
+            boxes = _boxes_from_blocks(
+                upscaler, candidates, upscaler.regions(candidates, 0.0).tolist()
+            )
+            inside = ~mask_ops.is_box_near_crop_edge(boxes, crop_box, frame, _EDGE_TOLERANCE_PX)
+            rows = inside.nonzero().flatten()
+            return _Candidates(
+                logits=candidates[rows.to(device)],
+                regions=[regions[i] for i in rows.tolist()],
+                boxes=boxes[rows].to(device),
+                predicted_iou=iou[keep[rows.to(device)]],
+                points=point_xy[keep[rows.to(device)].cpu()],
+            )
+        if probe is not None:  # pixel indices of the probe points, in the transposed masks
+            probe_x = torch.from_numpy(probe[:, 0]).long().clamp(0, crop_w - 1).to(device)
+            probe_y = torch.from_numpy(probe[:, 1]).long().clamp(0, crop_h - 1).to(device)
         kept, stability, boxes, areas, rles = [], [], [], [], []
-        for start in range(0, len(keep), chunk):
-            n = min(chunk, len(keep) - start)
-            idx = keep[start : start + n]
-            # Masks are held transposed, (n, W, H): already in the column-major order
-            # pycocotools encodes.
-            masks_t = torch.zeros((n, crop_w, crop_h), dtype=torch.bool, device=device)
-            zero = torch.zeros((), dtype=torch.int64, device=device)
-            inter, union = [zero] * n, [zero] * n
-            for j in range(n):
-                y0, y1, x0, x1 = region = regions[start + j]
-                if y0 > y1 or x0 > x1:
-                    continue  # nothing above -offset: stability 0 / 0, an empty mask
-                block = upscaler.block_t(candidates[start + j], region)
-                inter[j], union[j] = mask_ops.stability_counts(block, 0.0, offset)
-                torch.gt(block, 0.0, out=masks_t[j, x0 : x1 + 1, y0 : y1 + 1])
-            inter_t, union_t = torch.stack(inter), torch.stack(union)
-            score = mask_ops.stability_from_counts(inter_t, union_t)
-            # count(> |offset|) <= count(> 0) <= count(> -|offset|): only masks between
-            # the two need their pixels looked at to tell whether they are empty.
-            nonempty = torch.minimum(inter_t, union_t) > 0
-            unsure = (~nonempty & (torch.maximum(inter_t, union_t) > 0)).nonzero().flatten()
-            if len(unsure):
-                nonempty[unsure] = masks_t[unsure].flatten(1).any(1)
+        for rows, masks_t, score, nonempty in self._chunks(upscaler, candidates, regions):
+            idx = keep[rows]
             if self.stability_score_thresh > 0.0:
                 stable = score >= self.stability_score_thresh
                 idx, score, masks_t = idx[stable], score[stable], masks_t[stable]
@@ -470,23 +654,21 @@ class AutomaticMaskGenerator:
             # Boxes and areas are read from the runs of the crop's RLE, not the pixels.
             crop_rles = _encode_column_major(masks_t, nonempty)
             box, area = mask_ops.rle_boxes_and_areas(crop_rles)
-            inside = ~mask_ops.is_box_near_crop_edge(
-                box, crop_box, [0, 0, image_w, image_h], _EDGE_TOLERANCE_PX
-            )
-            inside_list = inside.tolist()
+            inside = ~mask_ops.is_box_near_crop_edge(box, crop_box, frame, _EDGE_TOLERANCE_PX)
             if probe is not None and inside.any():
                 # The probe pixels first: selecting whole masks first would copy them.
                 hits = masks_t[:, probe_x, probe_y][inside.to(device)].any(0)
                 covered |= hits.cpu()
-            if whole_image:
-                rles.extend(r for r, ok in zip(crop_rles, inside_list) if ok)
-            else:
-                x0, y0, x1, y1 = crop_box
-                # Zero-pad the transposed masks into the image frame: W axis, then H.
-                pad = (y0, image_h - y1, x0, image_w - x1)
-                rles.extend(
-                    mask_ops.coco_encode_column_major(F.pad(masks_t[inside.to(device)], pad))
+            inside_list = inside.tolist()
+            rles.extend(
+                self._image_rles(
+                    masks_t[inside.to(device)],
+                    [r for r, ok in zip(crop_rles, inside_list) if ok],
+                    nonempty[inside.to(device)],
+                    crop_box,
+                    image_size,
                 )
+            )
             kept.append(idx[inside.to(device)])
             stability.append(score[inside.to(device)])
             boxes.append(box[inside])

@@ -167,6 +167,61 @@ def test_bad_images(model, image):
         AutomaticMaskGenerator(model).generate(image)
 
 
+# --- deferred encoding without a stability filter -------------------------------------------
+
+
+def _same_records(a: list[dict], b: list[dict]) -> bool:
+    """Records equal field by field, in order (NaN stability scores equal each other)."""
+
+    def same(x, y):
+        return x == y or (isinstance(x, float) and x != x and y != y)
+
+    return len(a) == len(b) and all(same(r[k], s[k]) for r, s in zip(a, b) for k in r)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0),
+        dict(points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=-1.0),
+        dict(points_per_side=6, crop_n_layers=1, pred_iou_thresh=0.0, stability_score_thresh=0.0),
+        dict(
+            points_per_side=6,
+            crop_n_layers=1,
+            min_mask_region_area=40,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
+        ),
+    ],
+    ids=["thresholds-0", "iou-filter-only", "crops", "crops-small-regions"],
+)
+def test_encoding_only_nms_survivors_gives_the_same_records(model, images, params, monkeypatch):
+    """Without a stability filter only the masks the per-crop NMS keeps are scored and
+    encoded; the records are those of encoding every candidate first."""
+    import sam_core.generator as generator_module
+
+    generator = AutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+    deferred = generator.generate_batch(images)
+    # Some candidates must be suppressed, or deferring would skip nothing.
+    assert sum(generator.prompts_decoded) * 3 > sum(len(r) for r in deferred) > 0
+
+    with monkeypatch.context() as patch:
+        encode_all = generator_module.AutomaticMaskGenerator._filter_batch
+        patch.setattr(
+            generator_module.AutomaticMaskGenerator,
+            "_filter_batch",
+            lambda self, *args, defer=False, **kw: encode_all(self, *args, defer=False, **kw),
+        )
+        eager = generator.generate_batch(images)
+    # A budget of one byte encodes the candidates held so far after every batch.
+    monkeypatch.setattr(generator_module, "_PENDING_BUDGET_BYTES", 1)
+    generator.points_per_batch = 16
+    mixed = generator.generate_batch(images)
+    for d, e, m in zip(deferred, eager, mixed):
+        assert _same_records(d, e)
+        assert _same_records(m, e)
+
+
 # --- adaptive prompts (beyond the reference) ------------------------------------------------
 
 
