@@ -10,6 +10,7 @@ fp32. Printed per threshold set:
   returns, matched one to one at mask IoU >= 0.9 (scripts/amg_match.py).
 
   python benchmarks/adaptive_prompts.py [--scenes 20] [--size 256] [--no-photos]
+      [--adaptive_stride 4] [--adaptive_radius 2]
 """
 
 from __future__ import annotations
@@ -65,20 +66,30 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(BUNDLED_CHECKPOINT))
     parser.add_argument("--points_per_side", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--adaptive_stride", type=int, default=4)
+    parser.add_argument("--adaptive_radius", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as a pipeline worker does
     print(
         f"cpu capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
-        f"{args.threads} threads, fp32, {args.points_per_side}x{args.points_per_side} grid"
+        f"{args.threads} threads, fp32, {args.points_per_side}x{args.points_per_side} grid, "
+        f"adaptive stride {args.adaptive_stride}, radius {args.adaptive_radius}"
     )
     model = build_sam(checkpoint=args.checkpoint)
     data = images(args.scenes, args.size, not args.no_photos)
-    print(f"{len(data)} images ({args.scenes} held-out scenes of {args.size} px + photos)")
+    photos = len(data) - args.scenes
+    print(f"{len(data)} images: {args.scenes} held-out scenes of {args.size} px, {photos} photos")
     for label, thresholds in THRESHOLDS.items():
         common = dict(points_per_side=args.points_per_side, output_mode="coco_rle", **thresholds)
         exact = AutomaticMaskGenerator(model, **common)
-        adaptive = AutomaticMaskGenerator(model, prompt_mode="adaptive", **common)
+        adaptive = AutomaticMaskGenerator(
+            model,
+            prompt_mode="adaptive",
+            adaptive_stride=args.adaptive_stride,
+            adaptive_radius=args.adaptive_radius,
+            **common,
+        )
         exact.generate(data[0][1][:64, :64])  # warm-up
         adaptive.generate(data[0][1][:64, :64])
         totals = {"exact": [0, 0.0, 0], "adaptive": [0, 0.0, 0]}  # prompts, seconds, masks

@@ -27,7 +27,8 @@ GENERATOR_PARAMS: dict[str, tuple[type, object]] = {
     "min_mask_region_area": (int, 0),
     # Beyond the reference (sam_core.AutomaticMaskGenerator): "exact" is the reference's.
     "prompt_mode": (str, "exact"),
-    "coarse_points_per_side": (int, None),
+    "adaptive_stride": (int, 4),
+    "adaptive_radius": (int, 2),
 }
 
 
@@ -128,10 +129,15 @@ class MaskMineOptions(PipelineOptions):
             "prompt_mode": dict(
                 choices=["exact", "adaptive"],
                 help="exact: every grid point is a prompt (the reference). adaptive: a "
-                "coarse grid first, then only the grid points no kept mask covers yet.",
+                "coarse sub-grid first, then only grid points near ones whose masks passed "
+                "the filters.",
             ),
-            "coarse_points_per_side": dict(
-                help="Adaptive mode's first grid. Default: a quarter of --points_per_side."
+            "adaptive_stride": dict(
+                help="Adaptive mode: its first round decodes every Nth grid point per side."
+            ),
+            "adaptive_radius": dict(
+                help="Adaptive mode: later rounds decode grid points within N grid steps "
+                "(per axis) of a point whose masks passed the filters."
             ),
         }
         for name, (kind, default) in GENERATOR_PARAMS.items():

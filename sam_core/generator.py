@@ -163,7 +163,8 @@ def check_params(
     min_mask_region_area: int = 0,
     encoder_batch_size: int = 4,
     prompt_mode: str = "exact",
-    coarse_points_per_side: int | None = None,
+    adaptive_stride: int = 4,
+    adaptive_radius: int = 2,
     **thresholds: float,
 ) -> None:
     """Raise ValueError, naming the parameter, for values the generator cannot run with.
@@ -177,6 +178,8 @@ def check_params(
         "crop_n_points_downscale_factor": (crop_n_points_downscale_factor, 1),
         "min_mask_region_area": (min_mask_region_area, 0),
         "encoder_batch_size": (encoder_batch_size, 1),
+        "adaptive_stride": (adaptive_stride, 1),
+        "adaptive_radius": (adaptive_radius, 0),
     }
     if points_per_side is not None:
         at_least["points_per_side"] = (points_per_side, 1)
@@ -187,8 +190,6 @@ def check_params(
                 f"({points_per_side**2:,} prompts per crop, {grid_gb:,.1f} GB for the "
                 f"point grid alone)"
             )
-    if coarse_points_per_side is not None:
-        at_least["coarse_points_per_side"] = (coarse_points_per_side, 1)
     if prompt_mode not in PROMPT_MODES:
         raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
     for name, (value, low) in at_least.items():
@@ -219,11 +220,13 @@ class AutomaticMaskGenerator:
         `self.precision` is the one chosen).
     encoder_batch_size: crops encoded per encoder call in generate_batch.
     prompt_mode: "exact" (the reference's grid, every point decoded) or "adaptive"
-        (beyond the reference): each crop is first prompted with a coarse grid of
-        `coarse_points_per_side` points per side (default: a quarter of the grid's,
-        scaled per crop layer like the fine grid), then only with the fine grid points
-        that no kept mask of the coarse pass covers; same filters and NMS after.
-        `prompts_decoded` holds the point prompts decoded per image by the last call.
+        (beyond the reference; needs points_per_side): each crop's grid is decoded
+        from a coarse sub-grid (every `adaptive_stride`-th point per side) outwards:
+        a grid point is decoded when a decoded point within `adaptive_radius` grid
+        steps (per axis) produced a mask that passed the filters, until no such point
+        is left. Masks are the exact mode's for the points decoded; same filters and
+        NMS. `prompts_decoded` holds the point prompts decoded per image by the last
+        call.
     """
 
     def __init__(
@@ -245,7 +248,8 @@ class AutomaticMaskGenerator:
         precision: str = "fp32",
         encoder_batch_size: int = 4,
         prompt_mode: str = "exact",
-        coarse_points_per_side: int | None = None,
+        adaptive_stride: int = 4,
+        adaptive_radius: int = 2,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -260,8 +264,13 @@ class AutomaticMaskGenerator:
             min_mask_region_area=min_mask_region_area,
             encoder_batch_size=encoder_batch_size,
             prompt_mode=prompt_mode,
-            coarse_points_per_side=coarse_points_per_side,
+            adaptive_stride=adaptive_stride,
+            adaptive_radius=adaptive_radius,
         )
+        if prompt_mode == "adaptive" and point_grids is not None:
+            raise ValueError(
+                "prompt_mode 'adaptive' needs points_per_side (a regular grid), not point_grids"
+            )
         if points_per_side is not None:
             point_grids = mask_ops.build_all_layer_point_grids(
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
@@ -285,17 +294,8 @@ class AutomaticMaskGenerator:
         self.output_mode = output_mode
         self.encoder_batch_size = encoder_batch_size
         self.prompt_mode = prompt_mode
-        # Coarse grids of the adaptive mode, per crop layer: a quarter of each layer's
-        # points per side by default (1/16 of its prompts).
-        self.coarse_grids = [
-            mask_ops.build_point_grid(
-                max(1, coarse_points_per_side // (crop_n_points_downscale_factor**layer))
-                if coarse_points_per_side is not None
-                else max(1, round(np.sqrt(len(grid))) // 4)
-            )
-            for layer, grid in enumerate(self.point_grids)
-            if prompt_mode == "adaptive"
-        ]
+        self.adaptive_stride = adaptive_stride
+        self.adaptive_radius = adaptive_radius
         # Point prompts decoded per image by the last generate_batch call.
         self.prompts_decoded: list[int] = []
 
@@ -385,20 +385,45 @@ class AutomaticMaskGenerator:
             parts, _ = self._decode_points(embedding, points, crop_box, image_size)
             decoded = len(points)
         else:
-            # Coarse grid first; then only the fine grid points that no kept (confident,
-            # stable) mask of the coarse pass covers.
-            coarse = self.coarse_grids[layer] * scale
-            parts, covered = self._decode_points(
-                embedding, coarse, crop_box, image_size, probe=points
-            )
-            remaining = points[~covered]
-            more, _ = self._decode_points(embedding, remaining, crop_box, image_size)
-            parts += more
-            decoded = len(coarse) + len(remaining)
+            parts, decoded = self._decode_adaptively(embedding, points, crop_box, image_size)
         data = self._crop_nms(parts, embedding, crop_box, image_size)
         data.boxes = mask_ops.uncrop_boxes_xyxy(data.boxes, crop_box)
         data.points = mask_ops.uncrop_points(data.points, crop_box)
         return data, decoded
+
+    def _decode_adaptively(
+        self,
+        embedding: ImageEmbedding,
+        points: np.ndarray,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> tuple[list[_Masks | _Candidates], int]:
+        """The adaptive mode's masks of one crop's (n*n, 2) grid (row by row, x fastest),
+        before NMS, and the number of points decoded.
+
+        Rounds: the coarse sub-grid first; then every undecoded point within
+        `adaptive_radius` steps of a point whose masks passed the filters. The points
+        are a subset of the grid, so every mask is one the exact mode also considers.
+        """
+        side = round(len(points) ** 0.5)
+        stride, radius = min(self.adaptive_stride, side), self.adaptive_radius
+        start = (stride - 1) // 2  # the sub-grid point nearest the centre of its block
+        frontier = torch.zeros(side, side, dtype=torch.bool)
+        frontier[start::stride, start::stride] = True
+        decoded = torch.zeros_like(frontier)
+        producing = torch.zeros_like(frontier)
+        parts: list[_Masks | _Candidates] = []
+        while frontier.any():
+            batch = frontier.flatten().nonzero().flatten().numpy()
+            more, produced = self._decode_points(embedding, points[batch], crop_box, image_size)
+            parts += more
+            decoded |= frontier
+            producing.view(-1)[torch.from_numpy(batch[produced])] = True
+            near = F.max_pool2d(
+                producing[None, None].float(), 2 * radius + 1, stride=1, padding=radius
+            )[0, 0].bool()
+            frontier = near & ~decoded
+        return parts, int(decoded.sum())
 
     def _crop_nms(
         self,
@@ -450,22 +475,22 @@ class AutomaticMaskGenerator:
         points: np.ndarray,
         crop_box: list[int],
         image_size: tuple[int, int],
-        probe: np.ndarray | None = None,
-    ) -> tuple[list[_Masks | _Candidates], np.ndarray | None]:
-        """Masks of (n, 2) xy point prompts (crop pixels), filtered, before NMS; and, for
-        (p, 2) `probe` points, which of them a kept mask covers ((p,) bool).
+    ) -> tuple[list[_Masks | _Candidates], np.ndarray]:
+        """Masks of (n, 2) xy point prompts (crop pixels), filtered, before NMS; and
+        which points produced at least one of them ((n,) bool).
 
-        Without a stability filter (and without `probe`) masks stay `_Candidates`, up to
+        Without a stability filter masks stay `_Candidates`, up to
         `_PENDING_BUDGET_BYTES` of them: the NMS needs only their boxes, so only the
         ones it keeps are scored and encoded.
         """
         labels = np.ones((len(points), 1), dtype=np.int64)
-        covered = None if probe is None else torch.zeros(len(probe), dtype=torch.bool)
-        defer = probe is None and self.stability_score_thresh <= 0.0
+        produced = np.zeros(len(points), dtype=bool)
+        defer = self.stability_score_thresh <= 0.0
         parts: list[_Masks | _Candidates] = []
         pending_bytes = 0
         if len(points) == 0:
-            return parts, None if covered is None else covered.numpy()
+            return parts, produced
+        index = {tuple(p): i for i, p in enumerate(points.tolist())}
         for prompts, batch in self.predictor.iter_decode(
             embedding,
             points[:, None, :],
@@ -482,11 +507,10 @@ class AutomaticMaskGenerator:
                 points[prompts][computed],
                 crop_box,
                 image_size,
-                probe=probe,
-                covered=covered,
                 defer=defer,
             )
             parts.append(part)
+            produced[[index[tuple(p)] for p in part.points.tolist()]] = True
             if isinstance(part, _Candidates):
                 pending_bytes += part.logits.nelement() * part.logits.element_size()
                 if pending_bytes > _PENDING_BUDGET_BYTES:
@@ -497,7 +521,7 @@ class AutomaticMaskGenerator:
                         for p in parts
                     ]
                     pending_bytes = 0
-        return parts, None if covered is None else covered.numpy()
+        return parts, produced
 
     def _upscaler(self, embedding: ImageEmbedding, low_res: int) -> RegionUpscaler:
         return _region_upscaler(
@@ -595,16 +619,12 @@ class AutomaticMaskGenerator:
         points: np.ndarray,
         crop_box: list[int],
         image_size: tuple[int, int],
-        probe: np.ndarray | None = None,
-        covered: torch.Tensor | None = None,
         defer: bool = False,
     ) -> _Masks | _Candidates:
         """Filter one decoder batch: (b, 3, s, s) logits, (b, 3) IoU, (b, 2) points.
 
         Boxes come out in crop coordinates; masks are RLE-encoded in image ones, or,
-        with `defer` (no stability filter), left as `_Candidates`. With (p, 2) xy
-        `probe` points (crop pixels), sets `covered[i]` ((p,) bool, in place) for
-        each probe point that a kept mask contains.
+        with `defer` (no stability filter), left as `_Candidates`.
         """
         device = low_res.device
         masks_per_point = low_res.shape[1]
@@ -615,7 +635,6 @@ class AutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = keep[iou[keep] > self.pred_iou_thresh]
 
-        crop_h, crop_w = embedding.original_size
         image_h, image_w = image_size
         frame = [0, 0, image_w, image_h]
         upscaler = self._upscaler(embedding, low_res.shape[-1])
@@ -641,9 +660,6 @@ class AutomaticMaskGenerator:
                 predicted_iou=iou[keep[rows.to(device)]],
                 points=point_xy[keep[rows.to(device)].cpu()],
             )
-        if probe is not None:  # pixel indices of the probe points, in the transposed masks
-            probe_x = torch.from_numpy(probe[:, 0]).long().clamp(0, crop_w - 1).to(device)
-            probe_y = torch.from_numpy(probe[:, 1]).long().clamp(0, crop_h - 1).to(device)
         kept, stability, boxes, areas, rles = [], [], [], [], []
         for rows, masks_t, score, nonempty in self._chunks(upscaler, candidates, regions):
             idx = keep[rows]
@@ -655,10 +671,6 @@ class AutomaticMaskGenerator:
             crop_rles = _encode_column_major(masks_t, nonempty)
             box, area = mask_ops.rle_boxes_and_areas(crop_rles)
             inside = ~mask_ops.is_box_near_crop_edge(box, crop_box, frame, _EDGE_TOLERANCE_PX)
-            if probe is not None and inside.any():
-                # The probe pixels first: selecting whole masks first would copy them.
-                hits = masks_t[:, probe_x, probe_y][inside.to(device)].any(0)
-                covered |= hits.cpu()
             inside_list = inside.tolist()
             rles.extend(
                 self._image_rles(

@@ -44,7 +44,8 @@ def test_generator_defaults_are_the_references():
         "precision": "auto",
         # Beyond the reference; "exact" computes what the reference computes.
         "prompt_mode": "exact",
-        "coarse_points_per_side": None,
+        "adaptive_stride": 4,
+        "adaptive_radius": 2,
     }
     assert set(params) - {"precision"} == set(GENERATOR_PARAMS)
 
@@ -82,7 +83,8 @@ def test_generator_flags_are_typed():
         (["--run_id=" + "x" * 300], "use 1-100 letters, digits"),
         (["--run_id=-x"], "starting with a letter or digit"),
         (["--points_per_side=100000"], "--points_per_side must be <= 1024, got 100000"),
-        (["--prompt_mode=adaptive", "--coarse_points_per_side=0"], "--coarse_points_per_side"),
+        (["--prompt_mode=adaptive", "--adaptive_stride=0"], "--adaptive_stride must be >= 1"),
+        (["--prompt_mode=adaptive", "--adaptive_radius=-1"], "--adaptive_radius must be >= 0"),
         (
             ["--points_per_side=1024", "--points_per_batch=1048576"],
             "--points_per_batch 1048576: one decoder batch of 1048576 prompts needs at least "

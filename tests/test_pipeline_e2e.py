@@ -2,6 +2,7 @@
 
 import collections
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -461,7 +462,6 @@ def test_a_sigkill_between_a_parts_masks_and_images_leaves_each_mask_once(tmp_pa
 
 def test_unfinished_runs_are_only_those_whose_process_is_gone(tmp_path):
     # A run still going (this process), one of another host and a finished one are kept.
-    import json
     import socket
 
     from pipeline.claims import claim_run_id
@@ -506,3 +506,45 @@ def test_an_output_with_glob_characters_is_written_read_and_resumed(tmp_path, ca
     assert "1 image(s) already in" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out[1]*?"]
     assert not list(output.glob("*/beam-temp-*"))  # Beam's own cleanup matched it unescaped
+
+
+def test_the_adaptive_mode_is_recorded_with_its_parameters_and_prompts(tmp_path):
+    # Bundled model (distinct masks per point, so the adaptive mode skips some points).
+    from pipeline.config import BUNDLED_CHECKPOINT
+    from sam_core import AutomaticMaskGenerator, build_sam
+    from training.scenes import EVAL_SEED_START, generate_scene
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    images = {}
+    for seed in (EVAL_SEED_START, EVAL_SEED_START + 1):
+        path = folder / f"scene_{seed}.png"
+        images[str(path)] = generate_scene(seed, (96, 128)).image
+        Image.fromarray(images[str(path)]).save(path)
+    params = dict(
+        points_per_side=16,
+        pred_iou_thresh=0.2,
+        stability_score_thresh=0.3,
+        adaptive_stride=4,
+        adaptive_radius=1,
+    )
+    output = tmp_path / "out"
+    flags = [f"--{name}={value}" for name, value in params.items()]
+    run(
+        [
+            f"--input={folder}",
+            f"--output={output}",
+            "--precision=fp32",
+            "--prompt_mode=adaptive",
+            *flags,
+        ]
+    )
+
+    model = build_sam(checkpoint=BUNDLED_CHECKPOINT)
+    generator = AutomaticMaskGenerator(model, prompt_mode="adaptive", **params)
+    for row in read_table(output, "images").to_pylist():
+        generator.generate(images[row["image_uri"]])
+        assert row["prompts_decoded"] == generator.prompts_decoded[0] < 16 * 16
+    recorded = json.loads(read_table(output, "masks").column("generator_params")[0].as_py())
+    assert recorded["prompt_mode"] == "adaptive"
+    assert {name: recorded[name] for name in params} == params
