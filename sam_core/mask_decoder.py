@@ -79,10 +79,12 @@ class MaskDecoder(nn.Module):
         x = _gelu(F.layer_norm(x, (c4,), norm.weight, norm.bias, norm.eps))
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
         x = _gelu(torch.addmm(conv2.bias.repeat(4), x.view(-1, c4), w2).view(b, hw * 16, c8))
-        masks = x @ hyper_in.transpose(1, 2)  # (B, hw*16, M), pixels in blocked order
+        # (B, M, hw*16), pixels in blocked order. M first: the reorder below then copies
+        # runs of two pixels rather than single floats M apart.
+        masks = hyper_in @ x.transpose(1, 2)
         side = math.isqrt(hw)
         # Blocked (y, x, dy1, dx1, dy2, dx2) -> row 4y + 2dy1 + dy2, column 4x + 2dx1 + dx2.
-        masks = masks.view(b, side, side, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        masks = masks.view(b, -1, side, side, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
         return masks.reshape(b, -1, 4 * side, 4 * side)
 
     def image_cache(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> ImageCache:
