@@ -119,6 +119,13 @@ def _region_upscaler(
     return RegionUpscaler(low_res, input_size, original_size, image_size, device)
 
 
+def _logit_bytes(part: _Masks | _Candidates) -> int:
+    """Bytes of low-res logits a part holds until the NMS (only `_Candidates` do)."""
+    if isinstance(part, _Candidates):
+        return part.logits.nelement() * part.logits.element_size()
+    return 0
+
+
 def _encode_column_major(masks_t: torch.Tensor, nonempty: torch.Tensor) -> list[dict]:
     """`mask_ops.coco_encode_column_major` of (n, W, H) masks, where the (n,) bool
     `nonempty` says which hold any pixel: empty ones (many, at low thresholds) get the
@@ -415,8 +422,9 @@ class AutomaticMaskGenerator:
         parts: list[_Masks | _Candidates] = []
         while frontier.any():
             batch = frontier.flatten().nonzero().flatten().numpy()
-            more, produced = self._decode_points(embedding, points[batch], crop_box, image_size)
-            parts += more
+            parts, produced = self._decode_points(
+                embedding, points[batch], crop_box, image_size, parts
+            )
             decoded |= frontier
             producing.view(-1)[torch.from_numpy(batch[produced])] = True
             near = F.max_pool2d(
@@ -475,19 +483,21 @@ class AutomaticMaskGenerator:
         points: np.ndarray,
         crop_box: list[int],
         image_size: tuple[int, int],
+        parts: list[_Masks | _Candidates] | None = None,
     ) -> tuple[list[_Masks | _Candidates], np.ndarray]:
-        """Masks of (n, 2) xy point prompts (crop pixels), filtered, before NMS; and
-        which points produced at least one of them ((n,) bool).
+        """Masks of (n, 2) xy point prompts (crop pixels), filtered, before NMS, appended
+        to the crop's `parts` so far; and which points produced at least one of them
+        ((n,) bool).
 
         Without a stability filter masks stay `_Candidates`, up to
-        `_PENDING_BUDGET_BYTES` of them: the NMS needs only their boxes, so only the
-        ones it keeps are scored and encoded.
+        `_PENDING_BUDGET_BYTES` of them in all the crop's parts: the NMS needs only
+        their boxes, so only the ones it keeps are scored and encoded.
         """
         labels = np.ones((len(points), 1), dtype=np.int64)
         produced = np.zeros(len(points), dtype=bool)
         defer = self.stability_score_thresh <= 0.0
-        parts: list[_Masks | _Candidates] = []
-        pending_bytes = 0
+        parts = [] if parts is None else parts
+        pending_bytes = sum(_logit_bytes(p) for p in parts)
         if len(points) == 0:
             return parts, produced
         index = {tuple(p): i for i, p in enumerate(points.tolist())}
@@ -512,7 +522,7 @@ class AutomaticMaskGenerator:
             parts.append(part)
             produced[[index[tuple(p)] for p in part.points.tolist()]] = True
             if isinstance(part, _Candidates):
-                pending_bytes += part.logits.nelement() * part.logits.element_size()
+                pending_bytes += _logit_bytes(part)
                 if pending_bytes > _PENDING_BUDGET_BYTES:
                     parts = [
                         self._encode_candidates(p, embedding, crop_box, image_size)

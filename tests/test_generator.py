@@ -296,6 +296,37 @@ def test_adaptive_mode_grows_from_the_points_whose_masks_pass_the_filters(bundle
         assert key in candidates
 
 
+def test_adaptive_rounds_share_the_crops_budget_of_unencoded_candidates(bundled_scene, monkeypatch):
+    import sam_core.generator as generator_module
+
+    model, scene = bundled_scene
+    generator = AutomaticMaskGenerator(
+        model,
+        points_per_side=16,
+        points_per_batch=16,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,  # candidates stay unencoded until the NMS
+        prompt_mode="adaptive",
+        output_mode="coco_rle",
+    )
+    unbounded = generator.generate(scene.image)
+    side = model.config.low_res_mask_size
+    # float32 logits of 50 candidates: a batch of 16 prompts has up to 48, the first
+    # round (the 4 x 4 sub-grid) one batch, the second 15.
+    budget = 50 * side * side * 4
+    monkeypatch.setattr(generator_module, "_PENDING_BUDGET_BYTES", budget)
+    held = []
+    crop_nms = generator._crop_nms
+
+    def spy(parts, *args):
+        held.append(sum(generator_module._logit_bytes(p) for p in parts))
+        return crop_nms(parts, *args)
+
+    monkeypatch.setattr(generator, "_crop_nms", spy)
+    assert _same_records(generator.generate(scene.image), unbounded)
+    assert held[0] <= budget
+
+
 def test_adaptive_mode_with_stride_1_is_the_exact_mode(bundled_scene):
     model, scene = bundled_scene
     common = dict(
