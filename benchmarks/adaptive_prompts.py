@@ -7,7 +7,8 @@ fp32. Printed per threshold set:
 - prompts: point prompts decoded, summed over the images, exact / adaptive;
 - time: wall seconds summed, exact / adaptive (and the median of per-image ratios);
 - recovered: the share of the exact mode's final masks that the adaptive mode also
-  returns, matched one to one at mask IoU >= 0.9 (scripts/amg_match.py).
+  returns, matched one to one at mask IoU >= 0.9 (scripts/amg_match.py);
+for all images, then for the scenes and the photos apart.
 
   python benchmarks/adaptive_prompts.py [--scenes 20] [--size 256] [--no-photos]
       [--adaptive_stride 4] [--adaptive_radius 2]
@@ -92,31 +93,43 @@ def main() -> None:
         )
         exact.generate(data[0][1][:64, :64])  # warm-up
         adaptive.generate(data[0][1][:64, :64])
-        totals = {"exact": [0, 0.0, 0], "adaptive": [0, 0.0, 0]}  # prompts, seconds, masks
-        ratios, matched, reference = [], 0, 0
-        for _, image in data:
+        # Per group of images: prompts, seconds and masks of each mode, masks matched.
+        groups: dict[str, dict[str, float]] = {}
+        ratios = []
+        for name, image in data:
             e_records, e_seconds, e_prompts = timed(exact, image)
             a_records, a_seconds, a_prompts = timed(adaptive, image)
-            for key, (prompts, seconds, records) in {
-                "exact": (e_prompts, e_seconds, e_records),
-                "adaptive": (a_prompts, a_seconds, a_records),
-            }.items():
-                totals[key][0] += prompts
-                totals[key][1] += seconds
-                totals[key][2] += len(records)
             ratios.append(e_seconds / max(a_seconds, 1e-9))
             match = match_records(a_records, e_records, min_iou=0.9, score_tol=1.0)
-            matched, reference = matched + match.n_matched, reference + match.n_reference
-        (ep, es, em), (ap, as_, am) = totals["exact"], totals["adaptive"]
+            group = groups.setdefault("scenes" if name.startswith("scene_") else "photos", {})
+            for key, value in {
+                "exact prompts": e_prompts,
+                "adaptive prompts": a_prompts,
+                "exact s": e_seconds,
+                "adaptive s": a_seconds,
+                "exact masks": len(e_records),
+                "adaptive masks": len(a_records),
+                "matched": match.n_matched,
+            }.items():
+                group[key] = group.get(key, 0) + value
         print(f"== {label} ==")
-        print(f"  prompts   exact {ep}, adaptive {ap}: {ep / max(ap, 1):.2f}x fewer")
-        print(
-            f"  time      exact {es:.1f} s, adaptive {as_:.1f} s: {es / max(as_, 1e-9):.2f}x "
-            f"(median per image {statistics.median(ratios):.2f}x)"
-        )
-        print(f"  masks     exact {em}, adaptive {am}")
-        share = matched / reference if reference else float("nan")
-        print(f"  recovered {matched}/{reference} of the exact masks at IoU >= 0.9: {share:.1%}")
+        total = {key: sum(g[key] for g in groups.values()) for key in next(iter(groups.values()))}
+        for name, figures in [("all", total), *groups.items()]:
+            print(f"  {name}:")
+            print_figures(figures)
+        print(f"  median time ratio per image {statistics.median(ratios):.2f}x")
+
+
+def print_figures(f: dict[str, float]) -> None:
+    ep, ap, es, as_ = f["exact prompts"], f["adaptive prompts"], f["exact s"], f["adaptive s"]
+    print(f"    prompts   exact {ep}, adaptive {ap}: {ep / max(ap, 1):.2f}x fewer")
+    print(f"    time      exact {es:.1f} s, adaptive {as_:.1f} s: {es / max(as_, 1e-9):.2f}x")
+    print(f"    masks     exact {f['exact masks']}, adaptive {f['adaptive masks']}")
+    share = f["matched"] / f["exact masks"] if f["exact masks"] else float("nan")
+    print(
+        f"    recovered {f['matched']}/{f['exact masks']} of the exact masks at IoU >= 0.9: "
+        f"{share:.1%}"
+    )
 
 
 if __name__ == "__main__":
