@@ -140,27 +140,6 @@ def _encode_column_major(masks_t: torch.Tensor, nonempty: torch.Tensor) -> list[
     return rles
 
 
-def _boxes_from_blocks(
-    upscaler: RegionUpscaler, logits: torch.Tensor, regions: list[list[int]]
-) -> torch.Tensor:
-    """(K, 4) int64 XYXY boxes (inclusive max; [0, 0, 0, 0] when empty) of the masks
-    logits > 0 of (K, s, s) low-res logits, each read from its region's block only."""
-    boxes = [[0, 0, 0, 0]] * len(regions)
-    for j, region in enumerate(regions):
-        y0, y1, x0, x1 = region
-        if y0 > y1 or x0 > x1:
-            continue
-        block = upscaler.block_t(logits[j], region)  # (W', H'), transposed
-        # max > 0 is any(> 0); a float max reduces several times faster than a bool any.
-        xs = (block.amax(1) > 0.0).nonzero().flatten()
-        if len(xs) == 0:
-            continue
-        ys = (block.amax(0) > 0.0).nonzero().flatten()
-        first_x, last_x, first_y, last_y = torch.stack([xs[0], xs[-1], ys[0], ys[-1]]).tolist()
-        boxes[j] = [x0 + first_x, y0 + first_y, x0 + last_x, y0 + last_y]
-    return torch.tensor(boxes, dtype=torch.int64).view(-1, 4)
-
-
 def check_params(
     points_per_side: int | None = 32,
     points_per_batch: int = 64,
@@ -658,9 +637,7 @@ class AutomaticMaskGenerator:
         regions = upscaler.regions(candidates, min(0.0, -offset, offset)).tolist()
         if defer:
             # A box needs only the pixels > 0: a region at threshold 0, often smaller.
-            boxes = _boxes_from_blocks(
-                upscaler, candidates, upscaler.regions(candidates, 0.0).tolist()
-            )
+            boxes = upscaler.boxes(candidates, upscaler.regions(candidates, 0.0)).cpu()
             inside = ~mask_ops.is_box_near_crop_edge(boxes, crop_box, frame, _EDGE_TOLERANCE_PX)
             rows = inside.nonzero().flatten()
             return _Candidates(

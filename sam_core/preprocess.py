@@ -189,6 +189,10 @@ class RegionUpscaler:
         # As Python ints too: block_t reads two per mask, and indexing a tensor per
         # element costs more than the lookup.
         self._col_start = self._col_index[:, 0].tolist()
+        # Offsets of each tile's patch in a flattened (s, s) map: (n_y, n_x, Kr, Kc).
+        self._patch_offsets = (
+            self._row_index[:, None, :, None] * low_res + self._col_index[None, :, None, :]
+        )
 
     def regions(self, low_res: torch.Tensor, threshold: float) -> torch.Tensor:
         """(n, s, s) logits -> (n, 4) int64 full-resolution boxes y0, y1, x0, x1
@@ -228,6 +232,91 @@ class RegionUpscaler:
         gathered = by_rows.index_select(0, index.flatten()).view(tx1 - tx0 + 1, -1, height)
         block = torch.bmm(self.col_tiles[tx0 : tx1 + 1], gathered).view(-1, height)
         return block[x0 - tx0 * t : x1 - tx0 * t + 1, y0 - ty0 * t : y1 - ty0 * t + 1]
+
+    def boxes(self, low_res: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """(K, s, s) logits and their (K, 4) `regions` at threshold 0 -> (K, 4) int64
+        XYXY boxes (inclusive max; zeros when empty) of the full-resolution masks
+        logits > 0: the boxes of `block_t`'s blocks, for all masks at once.
+
+        The output is cut into TILE x TILE tiles, and a tile's logits are sums of
+        non-negative weights times the low-res logits of its patch (its `_row_index`
+        rows by `_col_index` columns). So a tile whose patch is all <= 0 has no pixel
+        > 0, and one whose patch is all clearly > 0 has every pixel > 0, however the
+        sums are rounded. Only the other tiles of a region, those a mask's edge
+        crosses, are computed, with `block_t`'s products, all masks' at once.
+        """
+        t, s = self.TILE, low_res.shape[-1]
+        device = low_res.device
+        out = torch.zeros((len(low_res), 4), dtype=torch.int64, device=device)
+        regions = regions.to(device)
+        masks = ((regions[:, 0] <= regions[:, 1]) & (regions[:, 2] <= regions[:, 3])).nonzero()
+        if len(masks) == 0:
+            return out
+        if low_res.dtype != self.row_tiles.dtype:
+            low_res = low_res.float()
+        n_y, k_r = self._row_index.shape
+        n_x, k_c = self._col_index.shape
+        step = torch.arange(t, device=device)
+        tile_y0 = torch.arange(n_y, device=device) * t
+        tile_x0 = torch.arange(n_x, device=device) * t
+        per_pass = max(1, _BOX_TILES // (n_y * n_x))
+        for which in masks.flatten().split(per_pass):
+            logits = low_res[which]
+            y0, y1, x0, x1 = (r[:, None, None] for r in regions[which].unbind(1))
+            # Per tile: min and max of its patch, (c, n_y, n_x) each.
+            by_rows = logits.index_select(1, self._row_index.flatten()).view(-1, n_y, k_r, s)
+            # (amin and amax each vectorise over the last axis; aminmax over a middle
+            # one is an order of magnitude slower.)
+            row_min, row_max = by_rows.amin(2), by_rows.amax(2)
+            cols = self._col_index.flatten()
+            tile_min = row_min.index_select(2, cols).view(-1, n_y, n_x, k_c).amin(3)
+            tile_max = row_max.index_select(2, cols).view(-1, n_y, n_x, k_c).amax(3)
+            ty, tx = tile_y0[None, :, None], tile_x0[None, None, :]
+            in_region = (ty + t > y0) & (ty <= y1) & (tx + t > x0) & (tx <= x1)
+            full = in_region & (tile_min > _SURELY_POSITIVE)
+            edge = in_region & (tile_max > 0.0) & ~full
+            # Tiles with every pixel > 0: their extent within the region.
+            big = torch.iinfo(torch.int64).max
+            first_x = torch.where(full, torch.maximum(tx, x0), big).flatten(1).amin(1)
+            first_y = torch.where(full, torch.maximum(ty, y0), big).flatten(1).amin(1)
+            last_x = torch.where(full, torch.minimum(tx + t - 1, x1), -1).flatten(1).amax(1)
+            last_y = torch.where(full, torch.minimum(ty + t - 1, y1), -1).flatten(1).amax(1)
+            owner, ey, ex = edge.nonzero().unbind(1)
+            if len(owner):
+                offsets = self._patch_offsets[ey, ex] + owner[:, None, None] * (s * s)
+                patch = torch.take(logits, offsets)  # (E, Kr, Kc)
+                rows_done = torch.bmm(self.row_tiles.index_select(0, ey), patch)  # (E, TILE, Kc)
+                # (E, TILE columns, TILE rows)
+                block = torch.bmm(self.col_tiles.index_select(0, ex), rows_done.transpose(1, 2))
+                xs, ys = ex[:, None] * t + step, ey[:, None] * t + step  # (E, TILE)
+                col_any = (block.amax(2) > 0.0) & (xs >= x0[owner, 0]) & (xs <= x1[owner, 0])
+                row_any = (block.amax(1) > 0.0) & (ys >= y0[owner, 0]) & (ys <= y1[owner, 0])
+                (tile_first_x, tile_last_x), (tile_first_y, tile_last_y) = (
+                    _extent(col_any, xs),
+                    _extent(row_any, ys),
+                )
+                first_x = first_x.scatter_reduce(0, owner, tile_first_x, "amin")
+                first_y = first_y.scatter_reduce(0, owner, tile_first_y, "amin")
+                last_x = last_x.scatter_reduce(0, owner, tile_last_x, "amax")
+                last_y = last_y.scatter_reduce(0, owner, tile_last_y, "amax")
+            found = last_x >= 0
+            out[which[found]] = torch.stack([first_x, first_y, last_x, last_y], dim=1)[found]
+        return out
+
+
+def _extent(found: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E, n) bool and (E, n) int64 positions -> (E,) first and last position where
+    `found`, int64 max and -1 where nowhere."""
+    big = torch.iinfo(torch.int64).max
+    return torch.where(found, at, big).amin(1), torch.where(found, at, -1).amax(1)
+
+
+# Patch values above this give pixels > 0 however they are summed: each output pixel
+# takes at least a third of some patch value, twice, far from float32's underflow.
+_SURELY_POSITIVE = 1e-6
+# Tiles of TILE x TILE pixels looked at per pass of `RegionUpscaler.boxes`: bounds its
+# memory (the computed ones, at most all of them, take 4 KB each).
+_BOX_TILES = 16384
 
 
 def _tiles(matrix: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -272,3 +272,54 @@ def test_region_blocks_equal_the_full_upscale_inside_and_nothing_passes_outside(
         outside = full_t[i].clone()
         outside[x0 : x1 + 1, y0 : y1 + 1] = float("-inf")
         assert bool((outside <= -1.0).all())
+
+
+def _boxes_of(masks: torch.Tensor) -> torch.Tensor:
+    """(K, W, H) bool transposed masks -> (K, 4) XYXY inclusive, zeros when empty."""
+    boxes = torch.zeros((len(masks), 4), dtype=torch.int64)
+    for i, mask in enumerate(masks):
+        xs, ys = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        if len(xs):
+            boxes[i] = torch.stack([xs[0], ys[0], xs[-1], ys[-1]])
+    return boxes
+
+
+@pytest.mark.parametrize(
+    "input_size, original_size",
+    [((256, 183), (70, 50)), ((94, 256), (33, 90)), ((256, 256), (700, 700))],
+)
+def test_region_boxes_equal_the_boxes_of_the_full_upscale(input_size, original_size, monkeypatch):
+    import sam_core.preprocess as preprocess
+    from sam_core.preprocess import RegionUpscaler, upscale_masks
+
+    gen = torch.Generator().manual_seed(2)
+    low = torch.full((10, 64, 64), -8.0)
+    low[0, 20:30, 10:25] = torch.rand(10, 15, generator=gen) * 5 - 1  # blob, ragged edge
+    low[1, 60:, 60:] = 3.0  # corner: in the padding of non-square inputs
+    low[2, 10, :] = 2.0  # thin line across
+    low[3] = torch.randn(64, 64, generator=gen) * 5  # noise everywhere
+    low[4] = 4.0  # all positive: tiles taken whole, never computed
+    low[5, 32, 32] = 0.3  # one weak low-res pixel: may vanish at full resolution
+    low[6, 5:60, 5:60] = 6.0  # a big square with a sharp edge
+    low[7] = torch.randn(64, 64, generator=gen) - 3.0  # rare positives far apart
+    low[8] = -0.1
+    low[8, 20:23, 20:23] = 0.5  # a faint spot on a faint background
+    # (9: nothing positive at all.)
+    upscaler = RegionUpscaler(64, input_size, original_size, 256, torch.device("cpu"))
+    full_t = upscale_masks(low[:, None], input_size, original_size, 256, transposed=True)[:, 0]
+    expected = _boxes_of(full_t > 0)
+    # Several passes of a few masks each, and one pass of all.
+    for tiles in (1, 10_000):
+        monkeypatch.setattr(preprocess, "_BOX_TILES", tiles)
+        boxes = upscaler.boxes(low, upscaler.regions(low, 0.0))
+        assert boxes.dtype == torch.int64 and boxes.shape == (10, 4)
+        torch.testing.assert_close(boxes, expected, atol=0, rtol=0)
+    assert bool((expected[9] == 0).all()) and bool((expected[[4, 8]] > 0).any(1).all())
+
+
+def test_region_boxes_of_no_masks():
+    from sam_core.preprocess import RegionUpscaler
+
+    upscaler = RegionUpscaler(64, (256, 256), (100, 100), 256, torch.device("cpu"))
+    low = torch.zeros((0, 64, 64))
+    assert upscaler.boxes(low, upscaler.regions(low, 0.0)).shape == (0, 4)
