@@ -5,11 +5,12 @@ Same parameters, defaults, order of operations and records as the reference
 `SamAutomaticMaskGenerator`, computed with less waste:
 - masks are filtered by predicted IoU on the decoder's low-resolution output,
   before anything is upsampled;
-- full-resolution logits exist only for a bounded chunk of masks at a time, just
-  long enough for the stability score, binarisation, box and RLE;
+- full-resolution logits are computed only in the tiles a mask's edge crosses
+  (`RegionUpscaler`): stability counts, boxes and masks read the other tiles
+  whole from the low-res logits;
 - the decoder's prompt-independent work is done once per crop (SamPredictor);
-- without a stability filter, masks cost only their box until the per-crop NMS;
-  the ones it keeps are then scored and RLE-encoded (memory bounded per crop);
+- masks cost their stability counts and box until the per-crop NMS; only the ones
+  it keeps are binarised and RLE-encoded (memory bounded per crop);
 - results are gathered in lists and concatenated once per crop.
 """
 
@@ -94,14 +95,14 @@ class _Masks(_Rows):
 class _Candidates(_Rows):
     """Masks of one crop not yet scored for stability nor encoded (K of them).
 
-    logits: (K, s, s) float32 low-res logits; regions: per mask the full-resolution
-    box y0, y1, x0, x1 (inclusive) outside of which no logit passes a threshold (see
-    `RegionUpscaler.regions`); boxes: (K, 4) int64 XYXY of the mask (crop pixels,
+    logits: (K, s, s) float32 low-res logits; regions: (K, 4) int64, per mask the
+    full-resolution box y0, y1, x0, x1 (inclusive) outside of which no logit passes a
+    threshold (see `RegionUpscaler.regions`); boxes: (K, 4) int64 XYXY of the mask (crop pixels,
     inclusive max); predicted_iou: (K,) float32; points: (K, 2) float64 xy.
     """
 
     logits: torch.Tensor
-    regions: list[list[int]]
+    regions: torch.Tensor
     boxes: torch.Tensor
     predicted_iou: torch.Tensor
     points: torch.Tensor
@@ -468,13 +469,12 @@ class AutomaticMaskGenerator:
         to the crop's `parts` so far; and which points produced at least one of them
         ((n,) bool).
 
-        Without a stability filter masks stay `_Candidates`, up to
-        `_PENDING_BUDGET_BYTES` of them in all the crop's parts: the NMS needs only
-        their boxes, so only the ones it keeps are scored and encoded.
+        Masks stay `_Candidates`, up to `_PENDING_BUDGET_BYTES` of them in all the
+        crop's parts: the NMS needs only their boxes, so only the ones it keeps are
+        encoded.
         """
         labels = np.ones((len(points), 1), dtype=np.int64)
         produced = np.zeros(len(points), dtype=bool)
-        defer = self.stability_score_thresh <= 0.0
         parts = [] if parts is None else parts
         pending_bytes = sum(_logit_bytes(p) for p in parts)
         if len(points) == 0:
@@ -496,7 +496,6 @@ class AutomaticMaskGenerator:
                 points[prompts][computed],
                 crop_box,
                 image_size,
-                defer=defer,
             )
             parts.append(part)
             produced[[index[tuple(p)] for p in part.points.tolist()]] = True
@@ -522,7 +521,7 @@ class AutomaticMaskGenerator:
         )
 
     def _chunks(
-        self, upscaler: RegionUpscaler, logits: torch.Tensor, regions: list[list[int]]
+        self, upscaler: RegionUpscaler, logits: torch.Tensor, regions: torch.Tensor
     ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Full-resolution masks of (K, s, s) logits, a bounded chunk at a time.
 
@@ -532,44 +531,29 @@ class AutomaticMaskGenerator:
         """
         offset = self.stability_score_offset
         crop_w, crop_h = upscaler.cols.shape[0], upscaler.rows.shape[0]
-        device = logits.device
+        # Edge tiles are float32, 4 bytes a pixel at most; the masks take 1.
         chunk = max(1, _LOGIT_BUDGET_BYTES // (4 * crop_h * crop_w))
-        zero = torch.zeros((), dtype=torch.int64, device=device)
         for start in range(0, len(logits), chunk):
-            n = min(chunk, len(logits) - start)
-            masks_t = torch.zeros((n, crop_w, crop_h), dtype=torch.bool, device=device)
-            inter, union = [zero] * n, [zero] * n
-            for j in range(n):
-                y0, y1, x0, x1 = region = regions[start + j]
-                if y0 > y1 or x0 > x1:
-                    continue  # nothing above -offset: stability 0 / 0, an empty mask
-                block = upscaler.block_t(logits[start + j], region)
-                inter[j], union[j] = mask_ops.stability_counts(block, 0.0, offset)
-                torch.gt(block, 0.0, out=masks_t[j, x0 : x1 + 1, y0 : y1 + 1])
-            inter_t, union_t = torch.stack(inter), torch.stack(union)
-            score = mask_ops.stability_from_counts(inter_t, union_t)
-            # count(> |offset|) <= count(> 0) <= count(> -|offset|): only masks between
-            # the two need their pixels looked at to tell whether they are empty.
-            nonempty = torch.minimum(inter_t, union_t) > 0
-            unsure = (~nonempty & (torch.maximum(inter_t, union_t) > 0)).nonzero().flatten()
-            if len(unsure):
-                nonempty[unsure] = masks_t[unsure].flatten(1).any(1)
-            yield slice(start, start + n), masks_t, score, nonempty
+            rows = slice(start, start + chunk)
+            counts = upscaler.count_above(logits[rows], regions[rows], (0.0, offset, -offset))
+            # An empty region counts nothing: stability 0 / 0 (NaN), an empty mask.
+            score = mask_ops.stability_from_counts(counts[:, 1], counts[:, 2])
+            masks_t = upscaler.masks_t(logits[rows], regions[rows])
+            yield slice(start, start + len(masks_t)), masks_t, score, counts[:, 0] > 0
 
     def _image_rles(
         self,
         masks_t: torch.Tensor,
-        crop_rles: list[dict] | None,
         nonempty: torch.Tensor,
         crop_box: list[int],
         image_size: tuple[int, int],
     ) -> list[dict]:
-        """RLEs in the image frame of (n, W, H) transposed crop masks; `crop_rles`
-        (those of the crop frame) are reused when the crop is the whole image."""
+        """RLEs in the image frame of (n, W, H) transposed crop masks, of which the
+        (n,) bool `nonempty` hold a pixel."""
         image_h, image_w = image_size
         x0, y0, x1, y1 = crop_box
         if [x0, y0, x1, y1] == [0, 0, image_w, image_h]:
-            return crop_rles if crop_rles is not None else _encode_column_major(masks_t, nonempty)
+            return _encode_column_major(masks_t, nonempty)
         # Zero-pad the transposed masks into the image frame: W axis, then H.
         pad = (y0, image_h - y1, x0, image_w - x1)
         return mask_ops.coco_encode_column_major(F.pad(masks_t, pad))
@@ -587,7 +571,7 @@ class AutomaticMaskGenerator:
         for _, masks_t, score, nonempty in self._chunks(
             upscaler, candidates.logits, candidates.regions
         ):
-            rles.extend(self._image_rles(masks_t, None, nonempty, crop_box, image_size))
+            rles.extend(self._image_rles(masks_t, nonempty, crop_box, image_size))
             stability.append(score)
         device = candidates.boxes.device
         return _Masks(
@@ -608,12 +592,11 @@ class AutomaticMaskGenerator:
         points: np.ndarray,
         crop_box: list[int],
         image_size: tuple[int, int],
-        defer: bool = False,
-    ) -> _Masks | _Candidates:
+    ) -> _Candidates:
         """Filter one decoder batch: (b, 3, s, s) logits, (b, 3) IoU, (b, 2) points.
 
-        Boxes come out in crop coordinates; masks are RLE-encoded in image ones, or,
-        with `defer` (no stability filter), left as `_Candidates`.
+        The masks passing the predicted-IoU, stability and crop-edge filters, as
+        `_Candidates` (boxes in crop coordinates): not encoded until the NMS keeps them.
         """
         device = low_res.device
         masks_per_point = low_res.shape[1]
@@ -634,53 +617,22 @@ class AutomaticMaskGenerator:
         candidates = (low_res[keep] if self.pred_iou_thresh > 0.0 else low_res).float()
         # Outside its region a mask's logits are <= every threshold used below (the mask
         # at 0, the stability score's 0 +- offset), so they count nowhere.
-        regions = upscaler.regions(candidates, min(0.0, -offset, offset)).tolist()
-        if defer:
-            # A box needs only the pixels > 0: a region at threshold 0, often smaller.
-            boxes = upscaler.boxes(candidates, upscaler.regions(candidates, 0.0)).cpu()
-            inside = ~mask_ops.is_box_near_crop_edge(boxes, crop_box, frame, _EDGE_TOLERANCE_PX)
-            rows = inside.nonzero().flatten()
-            return _Candidates(
-                logits=candidates[rows.to(device)],
-                regions=[regions[i] for i in rows.tolist()],
-                boxes=boxes[rows].to(device),
-                predicted_iou=iou[keep[rows.to(device)]],
-                points=point_xy[keep[rows.to(device)].cpu()],
-            )
-        kept, stability, boxes, areas, rles = [], [], [], [], []
-        for rows, masks_t, score, nonempty in self._chunks(upscaler, candidates, regions):
-            idx = keep[rows]
-            if self.stability_score_thresh > 0.0:
-                stable = score >= self.stability_score_thresh
-                idx, score, masks_t = idx[stable], score[stable], masks_t[stable]
-                nonempty = nonempty[stable]
-            # Boxes and areas are read from the runs of the crop's RLE, not the pixels.
-            crop_rles = _encode_column_major(masks_t, nonempty)
-            box, area = mask_ops.rle_boxes_and_areas(crop_rles)
-            inside = ~mask_ops.is_box_near_crop_edge(box, crop_box, frame, _EDGE_TOLERANCE_PX)
-            inside_list = inside.tolist()
-            rles.extend(
-                self._image_rles(
-                    masks_t[inside.to(device)],
-                    [r for r, ok in zip(crop_rles, inside_list) if ok],
-                    nonempty[inside.to(device)],
-                    crop_box,
-                    image_size,
-                )
-            )
-            kept.append(idx[inside.to(device)])
-            stability.append(score[inside.to(device)])
-            boxes.append(box[inside])
-            areas.append(area[inside])
-        idx = torch.cat(kept) if kept else keep[:0]
-        return _Masks(
-            rles=rles,
-            areas=torch.cat(areas).to(device) if areas else keep[:0],
-            boxes=torch.cat(boxes).to(device) if boxes else keep.new_zeros(0, 4),
-            predicted_iou=iou[idx],
-            stability_score=torch.cat(stability) if stability else iou[:0],
-            points=point_xy[idx.cpu()],
-            crop_boxes=torch.tensor([crop_box], device=device).expand(len(rles), 4),
+        regions = upscaler.regions(candidates, min(0.0, -offset, offset))
+        if self.stability_score_thresh > 0.0:
+            counts = upscaler.count_above(candidates, regions, (offset, -offset))
+            score = mask_ops.stability_from_counts(counts[:, 0], counts[:, 1])
+            stable = (score >= self.stability_score_thresh).nonzero().flatten()
+            candidates, regions, keep = candidates[stable], regions[stable], keep[stable]
+        # A box needs only the pixels > 0: a region at threshold 0, often smaller.
+        boxes = upscaler.boxes(candidates, upscaler.regions(candidates, 0.0)).cpu()
+        inside = ~mask_ops.is_box_near_crop_edge(boxes, crop_box, frame, _EDGE_TOLERANCE_PX)
+        rows = inside.nonzero().flatten().to(device)
+        return _Candidates(
+            logits=candidates[rows],
+            regions=regions[rows],
+            boxes=boxes[rows.cpu()].to(device),
+            predicted_iou=iou[keep[rows]],
+            points=point_xy[keep[rows].cpu()],
         )
 
     def _remove_small_regions(self, data: _Masks) -> _Masks:

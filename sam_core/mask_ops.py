@@ -124,20 +124,9 @@ def calculate_stability_score(
     return stability_from_counts(torch.cat(inter), torch.cat(union)).reshape(lead)
 
 
-def stability_counts(
-    mask_logits: torch.Tensor, mask_threshold: float, threshold_offset: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two pixel counts of the stability score of one (H, W) map: () int64 counts
-    of values > mask_threshold + threshold_offset and > mask_threshold - threshold_offset.
-    """
-    high = (mask_logits > mask_threshold + threshold_offset).count_nonzero()
-    low = (mask_logits > mask_threshold - threshold_offset).count_nonzero()
-    return high, low
-
-
 def stability_from_counts(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
-    """(...) integer counts from `stability_counts` -> (...) float32 stability scores
-    (NaN where union is 0)."""
+    """(...) integer counts of the pixels above the high and the low threshold ->
+    (...) float32 stability scores (NaN where union is 0)."""
     # float32 division is exact-input for counts below 2**24 pixels per map.
     return inter.float() / union.float()
 
@@ -357,18 +346,6 @@ def rle_areas(rles: Sequence[RLE]) -> np.ndarray:
         for i in range(0, len(rles), _AREA_BATCH)
     ]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def rle_boxes_and_areas(rles: list[RLE]) -> tuple[torch.Tensor, torch.Tensor]:
-    """COCO RLEs -> (N, 4) int64 XYXY boxes (inclusive max, as `masks_to_boxes`) and (N,)
-    int64 areas, read from the runs instead of another pass over the pixels."""
-    if not rles:
-        return torch.zeros((0, 4), dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    xywh = torch.from_numpy(mask_utils.toBbox(rles)).long()
-    areas = torch.from_numpy(rle_areas(rles))
-    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], dim=1)
-    # An empty mask has box [0, 0, 0, 0] (toBbox gives w = h = 0, i.e. max -1).
-    return boxes.masked_fill((areas == 0)[:, None], 0), areas
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ to a square. Prompts are given in original pixels and mapped by the same scale.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -189,6 +190,8 @@ class RegionUpscaler:
         # As Python ints too: block_t reads two per mask, and indexing a tensor per
         # element costs more than the lookup.
         self._col_start = self._col_index[:, 0].tolist()
+        self._tile_y0 = torch.arange(len(self._row_index), device=device) * self.TILE
+        self._tile_x0 = torch.arange(len(self._col_index), device=device) * self.TILE
         # Offsets of each tile's patch in a flattened (s, s) map: (n_y, n_x, Kr, Kc).
         self._patch_offsets = (
             self._row_index[:, None, :, None] * low_res + self._col_index[None, :, None, :]
@@ -238,44 +241,25 @@ class RegionUpscaler:
         XYXY boxes (inclusive max; zeros when empty) of the full-resolution masks
         logits > 0: the boxes of `block_t`'s blocks, for all masks at once.
 
-        The output is cut into TILE x TILE tiles, and a tile's logits are sums of
-        non-negative weights times the low-res logits of its patch (its `_row_index`
-        rows by `_col_index` columns). So a tile whose patch is all <= 0 has no pixel
-        > 0, and one whose patch is all clearly > 0 has every pixel > 0, however the
-        sums are rounded. Only the other tiles of a region, those a mask's edge
-        crosses, are computed, with `block_t`'s products, all masks' at once.
+        Only the tiles that a mask's edge crosses are computed (see `_tiles`).
         """
-        t, s = self.TILE, low_res.shape[-1]
+        t = self.TILE
         device = low_res.device
         out = torch.zeros((len(low_res), 4), dtype=torch.int64, device=device)
         regions = regions.to(device)
         masks = ((regions[:, 0] <= regions[:, 1]) & (regions[:, 2] <= regions[:, 3])).nonzero()
         if len(masks) == 0:
             return out
-        if low_res.dtype != self.row_tiles.dtype:
-            low_res = low_res.float()
-        n_y, k_r = self._row_index.shape
-        n_x, k_c = self._col_index.shape
+        n_y, n_x = len(self._row_index), len(self._col_index)
         step = torch.arange(t, device=device)
-        tile_y0 = torch.arange(n_y, device=device) * t
-        tile_x0 = torch.arange(n_x, device=device) * t
-        per_pass = max(1, _BOX_TILES // (n_y * n_x))
-        for which in masks.flatten().split(per_pass):
+        for which in masks.flatten().split(max(1, _BOX_TILES // (n_y * n_x))):
             logits = low_res[which]
-            y0, y1, x0, x1 = (r[:, None, None] for r in regions[which].unbind(1))
-            # Per tile: min and max of its patch, (c, n_y, n_x) each.
-            by_rows = logits.index_select(1, self._row_index.flatten()).view(-1, n_y, k_r, s)
-            # (amin and amax each vectorise over the last axis; aminmax over a middle
-            # one is an order of magnitude slower.)
-            row_min, row_max = by_rows.amin(2), by_rows.amax(2)
-            cols = self._col_index.flatten()
-            tile_min = row_min.index_select(2, cols).view(-1, n_y, n_x, k_c).amin(3)
-            tile_max = row_max.index_select(2, cols).view(-1, n_y, n_x, k_c).amax(3)
-            ty, tx = tile_y0[None, :, None], tile_x0[None, None, :]
-            in_region = (ty + t > y0) & (ty <= y1) & (tx + t > x0) & (tx <= x1)
+            tile_min, tile_max, in_region = self._tiles(logits, regions[which])
             full = in_region & (tile_min > _SURELY_POSITIVE)
             edge = in_region & (tile_max > 0.0) & ~full
             # Tiles with every pixel > 0: their extent within the region.
+            y0, y1, x0, x1 = (r[:, None, None] for r in regions[which].unbind(1))
+            ty, tx = self._tile_y0[None, :, None], self._tile_x0[None, None, :]
             big = torch.iinfo(torch.int64).max
             first_x = torch.where(full, torch.maximum(tx, x0), big).flatten(1).amin(1)
             first_y = torch.where(full, torch.maximum(ty, y0), big).flatten(1).amin(1)
@@ -283,11 +267,7 @@ class RegionUpscaler:
             last_y = torch.where(full, torch.minimum(ty + t - 1, y1), -1).flatten(1).amax(1)
             owner, ey, ex = edge.nonzero().unbind(1)
             if len(owner):
-                offsets = self._patch_offsets[ey, ex] + owner[:, None, None] * (s * s)
-                patch = torch.take(logits, offsets)  # (E, Kr, Kc)
-                rows_done = torch.bmm(self.row_tiles.index_select(0, ey), patch)  # (E, TILE, Kc)
-                # (E, TILE columns, TILE rows)
-                block = torch.bmm(self.col_tiles.index_select(0, ex), rows_done.transpose(1, 2))
+                block = self._tile_blocks(logits, owner, ey, ex)  # (E, TILE x, TILE y)
                 xs, ys = ex[:, None] * t + step, ey[:, None] * t + step  # (E, TILE)
                 col_any = (block.amax(2) > 0.0) & (xs >= x0[owner, 0]) & (xs <= x1[owner, 0])
                 row_any = (block.amax(1) > 0.0) & (ys >= y0[owner, 0]) & (ys <= y1[owner, 0])
@@ -302,6 +282,126 @@ class RegionUpscaler:
             found = last_x >= 0
             out[which[found]] = torch.stack([first_x, first_y, last_x, last_y], dim=1)[found]
         return out
+
+    def count_above(
+        self, low_res: torch.Tensor, regions: torch.Tensor, thresholds: Sequence[float]
+    ) -> torch.Tensor:
+        """(n, s, s) logits and their (n, 4) `regions` at a threshold <= all of
+        `thresholds` -> (n, len(thresholds)) int64 counts of the full-resolution
+        logits above each: `block_t`'s values, counted without computing the tiles
+        that are all above or all below a threshold (see `_tiles`)."""
+        t, device = self.TILE, low_res.device
+        counts = torch.zeros((len(low_res), len(thresholds)), dtype=torch.int64, device=device)
+        regions = regions.to(device)
+        # Settled tiles count whole: their pixels inside the image, (n_y, n_x).
+        tile_h = (self.rows.shape[0] - self._tile_y0).clamp(max=t)
+        tile_w = (self.cols.shape[0] - self._tile_x0).clamp(max=t)
+        tile_pixels = tile_h[:, None] * tile_w
+        rows = torch.arange(len(low_res), device=device)
+        for which in rows.split(max(1, _BOX_TILES // tile_pixels.numel())):
+            logits = low_res[which]
+            tile_min, tile_max, in_region = self._tiles(logits, regions[which])
+            settled, above = in_region, []
+            for threshold in thresholds:
+                surely_above, surely_below = self._surely(tile_min, tile_max, threshold)
+                settled = settled & (surely_above | surely_below)
+                above.append(surely_above)
+            for i, surely_above in enumerate(above):
+                counts[which, i] = ((settled & surely_above) * tile_pixels).flatten(1).sum(1)
+            owner, ey, ex = (in_region & ~settled).nonzero().unbind(1)
+            if len(owner):
+                block = self._tile_blocks(logits, owner, ey, ex)
+                region = self._tile_region(regions[which][owner], ey, ex)
+                for i, threshold in enumerate(thresholds):
+                    over = ((block > threshold) & region).flatten(1).sum(1)
+                    counts[:, i].index_add_(0, which[owner], over)
+        return counts
+
+    def masks_t(self, low_res: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """(n, s, s) logits and their (n, 4) `regions` at a threshold <= 0 -> (n, W, H)
+        bool masks logits > 0, transposed as `block_t` (a view of masks padded to
+        whole tiles): `block_t`'s values, computed only in the tiles a mask's edge
+        crosses (see `_tiles`)."""
+        t, device, n = self.TILE, low_res.device, len(low_res)
+        n_y, n_x = len(self._row_index), len(self._col_index)
+        height, width = self.rows.shape[0], self.cols.shape[0]
+        if n == 0:
+            return torch.zeros((0, width, height), dtype=torch.bool, device=device)
+        regions = regions.to(device)
+        tile_min, tile_max, in_region = self._tiles(low_res, regions)
+        surely_above, surely_below = self._surely(tile_min, tile_max, 0.0)
+        # Whole tiles filled at once (assigning True to them through a boolean mask
+        # is far slower), then the edge tiles written into them.
+        full = (in_region & surely_above).transpose(1, 2)[:, :, None, :, None]
+        masks_t = full.expand(-1, -1, t, -1, t).contiguous().view(n, n_x * t, n_y * t)
+        tiles = masks_t.view(n, n_x, t, n_y, t).permute(0, 1, 3, 2, 4)  # (n, n_x, n_y, x, y)
+        owner, ey, ex = (in_region & ~surely_above & ~surely_below).nonzero().unbind(1)
+        if len(owner):
+            block = self._tile_blocks(low_res, owner, ey, ex)
+            tiles[owner, ex, ey] = (block > 0.0) & self._tile_region(regions[owner], ey, ex)
+        return masks_t[:, :width, :height]
+
+    def _surely(
+        self, tile_min: torch.Tensor, tile_max: torch.Tensor, threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tiles (from `_tiles`) whose every pixel is surely above `threshold`, and
+        those whose every pixel is surely not."""
+        if threshold == 0.0:
+            return tile_min > _SURELY_POSITIVE, tile_max <= 0.0
+        # Rounding moves a pixel by far less than MARGIN (see `regions`).
+        return tile_min > threshold + self.MARGIN, tile_max <= threshold - self.MARGIN
+
+    def _tile_region(
+        self, regions: torch.Tensor, tile_y: torch.Tensor, tile_x: torch.Tensor
+    ) -> torch.Tensor:
+        """(E, 4) regions and (E,) tile rows and columns -> (E, TILE x, TILE y) bool:
+        which pixels of each tile lie in its region."""
+        step = torch.arange(self.TILE, device=regions.device)
+        xs, ys = tile_x[:, None] * self.TILE + step, tile_y[:, None] * self.TILE + step
+        y0, y1, x0, x1 = (r[:, None] for r in regions.unbind(1))
+        return ((xs >= x0) & (xs <= x1))[:, :, None] & ((ys >= y0) & (ys <= y1))[:, None, :]
+
+    def _tiles(
+        self, low_res: torch.Tensor, regions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per TILE x TILE output tile of each of n maps, (n, n_y, n_x) each: the min
+        and max of its patch (the `_row_index` rows by `_col_index` columns of the
+        low-res logits it is computed from), and whether it meets the map's region.
+
+        A tile's logits are sums of non-negative weights times its patch's values, so
+        where the patch is all <= 0 no pixel is > 0, and where it is all clearly > 0
+        every pixel is, however the sums are rounded (likewise, with `MARGIN`, for
+        other thresholds). Only the tiles in between need their pixels computed.
+        """
+        if low_res.dtype != self.row_tiles.dtype:
+            low_res = low_res.float()
+        n_y, k_r = self._row_index.shape
+        n_x, k_c = self._col_index.shape
+        by_rows = low_res.index_select(1, self._row_index.flatten())
+        by_rows = by_rows.view(-1, n_y, k_r, low_res.shape[-1])
+        # (amin and amax each vectorise over the last axis; aminmax over a middle
+        # one is an order of magnitude slower.)
+        row_min, row_max = by_rows.amin(2), by_rows.amax(2)
+        cols = self._col_index.flatten()
+        tile_min = row_min.index_select(2, cols).view(-1, n_y, n_x, k_c).amin(3)
+        tile_max = row_max.index_select(2, cols).view(-1, n_y, n_x, k_c).amax(3)
+        y0, y1, x0, x1 = (r[:, None, None] for r in regions.unbind(1))
+        ty, tx, t = self._tile_y0[None, :, None], self._tile_x0[None, None, :], self.TILE
+        in_region = (ty + t > y0) & (ty <= y1) & (tx + t > x0) & (tx <= x1)
+        return tile_min, tile_max, in_region
+
+    def _tile_blocks(
+        self, low_res: torch.Tensor, owner: torch.Tensor, tile_y: torch.Tensor, tile_x: torch.Tensor
+    ) -> torch.Tensor:
+        """(E,) map, tile row and tile column indices -> (E, TILE, TILE) logits of
+        those tiles, transposed (x, y): `block_t`'s products, all tiles at once."""
+        if low_res.dtype != self.row_tiles.dtype:
+            low_res = low_res.float()
+        s = low_res.shape[-1]
+        offsets = self._patch_offsets[tile_y, tile_x] + owner[:, None, None] * (s * s)
+        patch = torch.take(low_res, offsets)  # (E, Kr, Kc)
+        by_rows = torch.bmm(self.row_tiles.index_select(0, tile_y), patch)  # (E, TILE, Kc)
+        return torch.bmm(self.col_tiles.index_select(0, tile_x), by_rows.transpose(1, 2))
 
 
 def _extent(found: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -167,7 +167,7 @@ def test_bad_images(model, image):
         AutomaticMaskGenerator(model).generate(image)
 
 
-# --- deferred encoding without a stability filter -------------------------------------------
+# --- deferred encoding: only the NMS survivors are encoded ---------------------------------
 
 
 def _same_records(a: list[dict], b: list[dict]) -> bool:
@@ -184,20 +184,21 @@ def _same_records(a: list[dict], b: list[dict]) -> bool:
     [
         dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0),
         dict(points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=-1.0),
+        dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.3),
         dict(points_per_side=6, crop_n_layers=1, pred_iou_thresh=0.0, stability_score_thresh=0.0),
         dict(
             points_per_side=6,
             crop_n_layers=1,
             min_mask_region_area=40,
             pred_iou_thresh=0.0,
-            stability_score_thresh=0.0,
+            stability_score_thresh=0.2,
         ),
     ],
-    ids=["thresholds-0", "iou-filter-only", "crops", "crops-small-regions"],
+    ids=["thresholds-0", "iou-filter-only", "stability-filter", "crops", "crops-small-regions"],
 )
 def test_encoding_only_nms_survivors_gives_the_same_records(model, images, params, monkeypatch):
-    """Without a stability filter only the masks the per-crop NMS keeps are scored and
-    encoded; the records are those of encoding every candidate first."""
+    """Only the masks the per-crop NMS keeps are binarised and encoded; the records are
+    those of encoding every candidate right after its decoder batch."""
     import sam_core.generator as generator_module
 
     generator = AutomaticMaskGenerator(model, output_mode="coco_rle", **params)
@@ -205,19 +206,25 @@ def test_encoding_only_nms_survivors_gives_the_same_records(model, images, param
     # Some candidates must be suppressed, or deferring would skip nothing.
     assert sum(generator.prompts_decoded) * 3 > sum(len(r) for r in deferred) > 0
 
-    with monkeypatch.context() as patch:
-        encode_all = generator_module.AutomaticMaskGenerator._filter_batch
-        patch.setattr(
-            generator_module.AutomaticMaskGenerator,
-            "_filter_batch",
-            lambda self, *args, defer=False, **kw: encode_all(self, *args, defer=False, **kw),
-        )
-        eager = generator.generate_batch(images)
+    encoded = []
+    encode = generator_module.AutomaticMaskGenerator._encode_candidates
+    monkeypatch.setattr(
+        generator_module.AutomaticMaskGenerator,
+        "_encode_candidates",
+        lambda self, candidates, *args: (
+            encoded.append(len(candidates)) or encode(self, candidates, *args)
+        ),
+    )
+    deferred_again = generator.generate_batch(images)
     # A budget of one byte encodes the candidates held so far after every batch.
     monkeypatch.setattr(generator_module, "_PENDING_BUDGET_BYTES", 1)
+    encoded_deferred, encoded[:] = sum(encoded), []
+    eager = generator.generate_batch(images)
     generator.points_per_batch = 16
-    mixed = generator.generate_batch(images)
-    for d, e, m in zip(deferred, eager, mixed):
+    small_batches = generator.generate_batch(images)
+    assert sum(encoded) > encoded_deferred  # the eager runs did encode more
+    for d, a, e, m in zip(deferred, deferred_again, eager, small_batches):
+        assert _same_records(a, d)
         assert _same_records(d, e)
         assert _same_records(m, e)
 

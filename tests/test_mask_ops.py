@@ -21,8 +21,7 @@ from sam_core.mask_ops import (
     masks_to_boxes,
     masks_to_rle,
     remove_small_regions,
-    rle_boxes_and_areas,
-    stability_counts,
+    rle_areas,
     stability_from_counts,
     uncrop_boxes_xyxy,
     uncrop_points,
@@ -178,17 +177,11 @@ def test_stability_empty_union_is_nan_and_empty_input():
     assert empty.dtype == torch.float32
 
 
-@pytest.mark.parametrize("offset", [1.0, 0.0, -0.7])
-def test_stability_counts_of_one_map_give_the_batched_score(offset):
-    # The generator scores one map at a time from these counts (negative offsets too).
+def test_stability_from_counts_gives_the_score():
     maps = torch.randn(6, 13, 17, generator=torch.Generator().manual_seed(3)) * 2
     maps[4] = -5.0  # nothing above either threshold: NaN
-    counts = [stability_counts(m, 0.2, offset) for m in maps]
-    inter = torch.stack([c[0] for c in counts])
-    union = torch.stack([c[1] for c in counts])
-    assert inter.tolist() == [int((m > 0.2 + offset).sum()) for m in maps]
-    assert union.tolist() == [int((m > 0.2 - offset).sum()) for m in maps]
-    expected = calculate_stability_score(maps, 0.2, offset)
+    inter, union = (maps > 1.2).sum((1, 2)), (maps > -0.8).sum((1, 2))
+    expected = calculate_stability_score(maps, 0.2, 1.0)
     torch.testing.assert_close(stability_from_counts(inter, union), expected, equal_nan=True)
     assert torch.isnan(stability_from_counts(inter, union)[4])
 
@@ -669,23 +662,12 @@ def test_column_major_encoding_equals_encoding_the_transpose():
     assert coco_encode_column_major(torch.zeros((0, 5, 7), dtype=torch.bool)) == []
 
 
-def test_boxes_and_areas_from_rle_equal_those_from_pixels():
-    masks = _odd_masks()
-    boxes, areas = rle_boxes_and_areas(coco_encode(masks))
-    assert boxes.tolist() == masks_to_boxes(masks).tolist()
-    assert boxes[1].tolist() == [0, 0, 0, 0] and areas[1] == 0  # empty mask
-    assert areas.tolist() == masks.sum(dim=(1, 2)).tolist()
-    assert boxes.dtype == areas.dtype == torch.int64
-    empty_boxes, empty_areas = rle_boxes_and_areas([])
-    assert empty_boxes.shape == (0, 4) and empty_areas.shape == (0,)
-
-
-def test_boxes_and_areas_of_many_rles_at_once():
+def test_areas_of_many_rles_at_once():
     # pycocotools' area() overflows on 256+ RLEs in one call: a decoder batch at
     # thresholds 0 with --points_per_batch 100 holds 300.
     masks = torch.zeros((300, 9, 11), dtype=torch.bool)
     for i in range(300):
         masks[i, : 1 + i % 9, : 1 + i % 11] = True
-    boxes, areas = rle_boxes_and_areas(coco_encode(masks))
-    assert areas.tolist() == masks.sum(dim=(1, 2)).tolist()
-    assert boxes.tolist() == masks_to_boxes(masks).tolist()
+    areas = rle_areas(coco_encode(masks))
+    assert areas.dtype == np.int64 and areas.tolist() == masks.sum(dim=(1, 2)).tolist()
+    assert rle_areas([]).shape == (0,)

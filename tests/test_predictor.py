@@ -323,3 +323,43 @@ def test_region_boxes_of_no_masks():
     upscaler = RegionUpscaler(64, (256, 256), (100, 100), 256, torch.device("cpu"))
     low = torch.zeros((0, 64, 64))
     assert upscaler.boxes(low, upscaler.regions(low, 0.0)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("offset", [1.0, 0.0, -0.7])
+def test_region_counts_and_masks_equal_those_of_the_region_blocks(offset, monkeypatch):
+    import sam_core.preprocess as preprocess
+    from sam_core.preprocess import RegionUpscaler, upscale_masks
+
+    gen = torch.Generator().manual_seed(4)
+    low = torch.full((6, 64, 64), -8.0)
+    low[0, 20:30, 10:25] = torch.rand(10, 15, generator=gen) * 5 - 1
+    low[1] = 4.0  # every tile settled above every threshold
+    low[2] = torch.randn(64, 64, generator=gen) * 3
+    low[3] = 0.5  # between the thresholds: settled for some, not others
+    low[4, 5:60, 5:60] = 6.0
+    # (5: nothing above any threshold.)
+    input_size, original_size = (256, 183), (300, 220)
+    upscaler = RegionUpscaler(64, input_size, original_size, 256, torch.device("cpu"))
+    thresholds = (0.0, offset, -offset)
+    regions = upscaler.regions(low, min(thresholds))
+    expected_counts = torch.zeros((6, 3), dtype=torch.int64)
+    expected_masks = torch.zeros((6, original_size[1], original_size[0]), dtype=torch.bool)
+    for i, (y0, y1, x0, x1) in enumerate(regions.tolist()):
+        if y0 <= y1 and x0 <= x1:
+            block = upscaler.block_t(low[i], [y0, y1, x0, x1])
+            expected_counts[i] = torch.stack([(block > th).sum() for th in thresholds])
+            expected_masks[i, x0 : x1 + 1, y0 : y1 + 1] = block > 0
+    for tiles in (1, 10_000):  # passes of one mask each, and one pass
+        monkeypatch.setattr(preprocess, "_BOX_TILES", tiles)
+        counts = upscaler.count_above(low, regions, thresholds)
+        torch.testing.assert_close(counts, expected_counts, atol=0, rtol=0)
+    masks_t = upscaler.masks_t(low, regions)
+    assert masks_t.shape == expected_masks.shape and masks_t.dtype == torch.bool
+    assert torch.equal(masks_t, expected_masks)
+    # And those of the full upscale, up to pixels within rounding of a threshold.
+    full_t = upscale_masks(low[:, None], input_size, original_size, 256, transposed=True)[:, 0]
+    for j, th in enumerate(thresholds):
+        assert (counts[:, j] - (full_t > th).sum((1, 2))).abs().max() <= 2
+    assert expected_counts[1].tolist() == [300 * 220] * 3 and expected_counts[5].sum() == 0
+    assert upscaler.count_above(low[:0], regions[:0], thresholds).shape == (0, 3)
+    assert upscaler.masks_t(low[:0], regions[:0]).shape == (0, 220, 300)
