@@ -93,12 +93,12 @@ class _Masks(_Rows):
 
 @dataclasses.dataclass
 class _Candidates(_Rows):
-    """Masks of one crop not yet scored for stability nor encoded (K of them).
+    """Masks of one crop that passed the filters, not yet encoded (K of them).
 
     logits: (K, s, s) float32 low-res logits; regions: (K, 4) int64, per mask the
     full-resolution box y0, y1, x0, x1 (inclusive) outside of which no logit passes a
-    threshold (see `RegionUpscaler.regions`); boxes: (K, 4) int64 XYXY of the mask (crop pixels,
-    inclusive max); predicted_iou: (K,) float32; points: (K, 2) float64 xy.
+    threshold (see `RegionUpscaler.regions`); boxes: (K, 4) int64 XYXY of the mask
+    (crop pixels, inclusive max); predicted_iou: (K,) float32; points: (K, 2) float64 xy.
     """
 
     logits: torch.Tensor
