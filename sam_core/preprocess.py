@@ -310,10 +310,15 @@ class RegionUpscaler:
                 counts[which, i] = ((settled & surely_above) * tile_pixels).flatten(1).sum(1)
             owner, ey, ex = (in_region & ~settled).nonzero().unbind(1)
             if len(owner):
-                block = self._tile_blocks(logits, owner, ey, ex)
-                region = self._tile_region(regions[which][owner], ey, ex)
+                # A tile's pixels outside its region are below every threshold here;
+                # those past the image's edge are exactly 0 (their weights are 0).
+                block = self._tile_blocks(logits, owner, ey, ex).flatten(1)
+                padding = t * t - tile_pixels[ey, ex]
                 for i, threshold in enumerate(thresholds):
-                    over = ((block > threshold) & region).flatten(1).sum(1)
+                    # (An int32 sum of the bools is ~2x faster than the default int64.)
+                    over = (block > threshold).sum(1, dtype=torch.int32).long()
+                    if threshold < 0.0:
+                        over -= padding
                     counts[:, i].index_add_(0, which[owner], over)
         return counts
 
@@ -337,8 +342,8 @@ class RegionUpscaler:
         tiles = masks_t.view(n, n_x, t, n_y, t).permute(0, 1, 3, 2, 4)  # (n, n_x, n_y, x, y)
         owner, ey, ex = (in_region & ~surely_above & ~surely_below).nonzero().unbind(1)
         if len(owner):
-            block = self._tile_blocks(low_res, owner, ey, ex)
-            tiles[owner, ex, ey] = (block > 0.0) & self._tile_region(regions[owner], ey, ex)
+            # Pixels of a tile outside the region are <= 0 (see `regions`).
+            tiles[owner, ex, ey] = self._tile_blocks(low_res, owner, ey, ex) > 0.0
         return masks_t[:, :width, :height]
 
     def _surely(
@@ -350,16 +355,6 @@ class RegionUpscaler:
             return tile_min > _SURELY_POSITIVE, tile_max <= 0.0
         # Rounding moves a pixel by far less than MARGIN (see `regions`).
         return tile_min > threshold + self.MARGIN, tile_max <= threshold - self.MARGIN
-
-    def _tile_region(
-        self, regions: torch.Tensor, tile_y: torch.Tensor, tile_x: torch.Tensor
-    ) -> torch.Tensor:
-        """(E, 4) regions and (E,) tile rows and columns -> (E, TILE x, TILE y) bool:
-        which pixels of each tile lie in its region."""
-        step = torch.arange(self.TILE, device=regions.device)
-        xs, ys = tile_x[:, None] * self.TILE + step, tile_y[:, None] * self.TILE + step
-        y0, y1, x0, x1 = (r[:, None] for r in regions.unbind(1))
-        return ((xs >= x0) & (xs <= x1))[:, :, None] & ((ys >= y0) & (ys <= y1))[:, None, :]
 
     def _tiles(
         self, low_res: torch.Tensor, regions: torch.Tensor
