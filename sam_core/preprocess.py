@@ -255,8 +255,8 @@ class RegionUpscaler:
         for which in masks.flatten().split(max(1, _BOX_TILES // (n_y * n_x))):
             logits = low_res[which]
             tile_min, tile_max, in_region = self._tiles(logits, regions[which])
-            full = in_region & (tile_min > _SURELY_POSITIVE)
-            edge = in_region & (tile_max > 0.0) & ~full
+            surely_above, surely_below = self._surely(tile_min, tile_max, 0.0)
+            full, edge = in_region & surely_above, in_region & ~surely_above & ~surely_below
             # Tiles with every pixel > 0: their extent within the region.
             y0, y1, x0, x1 = (r[:, None, None] for r in regions[which].unbind(1))
             ty, tx = self._tile_y0[None, :, None], self._tile_x0[None, None, :]
@@ -267,10 +267,10 @@ class RegionUpscaler:
             last_y = torch.where(full, torch.minimum(ty + t - 1, y1), -1).flatten(1).amax(1)
             owner, ey, ex = edge.nonzero().unbind(1)
             if len(owner):
+                # Pixels of a tile outside the region or past the image are <= 0.
                 block = self._tile_blocks(logits, owner, ey, ex)  # (E, TILE x, TILE y)
                 xs, ys = ex[:, None] * t + step, ey[:, None] * t + step  # (E, TILE)
-                col_any = (block.amax(2) > 0.0) & (xs >= x0[owner, 0]) & (xs <= x1[owner, 0])
-                row_any = (block.amax(1) > 0.0) & (ys >= y0[owner, 0]) & (ys <= y1[owner, 0])
+                col_any, row_any = block.amax(2) > 0.0, block.amax(1) > 0.0
                 (tile_first_x, tile_last_x), (tile_first_y, tile_last_y) = (
                     _extent(col_any, xs),
                     _extent(row_any, ys),
@@ -409,8 +409,8 @@ def _extent(found: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.
 # Patch values above this give pixels > 0 however they are summed: each output pixel
 # takes at least a third of some patch value, twice, far from float32's underflow.
 _SURELY_POSITIVE = 1e-6
-# Tiles of TILE x TILE pixels looked at per pass of `RegionUpscaler.boxes`: bounds its
-# memory (the computed ones, at most all of them, take 4 KB each).
+# Tiles of TILE x TILE pixels looked at per pass of `RegionUpscaler.boxes` and
+# `count_above`: bounds their memory (the computed ones, at most all, take 4 KB each).
 _BOX_TILES = 16384
 
 
